@@ -1,0 +1,56 @@
+# PARAMETERS.py: the one file a user edits. Every script reads it.
+#
+# Plain assignments only. Each value is checked when a script starts (type and
+# allowed values); every script also takes overrides on the command line,
+# e.g.  python scripts/4_trainSVM.py --datasetName=myData --svm_cvFolds=3
+# and lists what it uses with --help.
+
+# --- Data --------------------------------------------------------------------
+# Images live in <rootDir>/images/<datasetName>/<class>/*.jpg; intermediate
+# files go to <rootDir>/proc/<datasetName>/, plots and metrics to
+# <rootDir>/results/<datasetName>/. A custom dataset is this one change.
+datasetName = "tuxpaintStamps"
+rootDir = "data"                 # relative to this file's folder
+
+classifier = "svm"               # 'svm' | 'dnn' | 'svmDnnRefined'
+ratioTrainTest = 0.75            # per class: 75% train, 25% test
+imagesSplitBy = "filename"       # 'filename' | 'subdir' (keep a class's subfolders whole)
+randomSeed = 0                   # seeds the split, the CV folds and training
+
+# --- Pretrained DNN and its refinement ----------------------------------------
+# 'resnet18' | 'resnet34' | 'resnet50' | 'efficientnet_lite0', or a path to a
+# .pth state dict whose name starts with one of them (e.g. resnet18-f37072fd.pth).
+# ResNet weights are looked for in resources/models/, then torch hub's cache,
+# then downloaded; 'efficientnet_lite0' ships with its pip package (offline).
+rf_pretrainedModelFilename = "resnet18"
+rf_inputResolution = 224         # input width = height in pixels
+rf_resizeMode = "pad"            # 'pad': keep the whole image, pad to square; 'crop': centre crop
+rf_dropoutRate = 0.5
+rf_mbSize = 16
+rf_maxEpochs = 45                # 0 = no refinement
+rf_maxTrainImages = 0            # images drawn per epoch; 0 = all
+rf_lrPerMb = [0.01] * 20 + [0.001] * 20 + [0.0001]   # per epoch; the last value repeats
+rf_momentumPerMb = 0.9
+rf_l2RegWeight = 0.0005
+rf_boFreezeWeights = False       # True: train only the new last layer
+rf_boBalanceTrainingSet = False  # True: draw every class equally often
+
+# --- Linear SVM ---------------------------------------------------------------
+svm_CVals = [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100]   # C is chosen by cross-validation on the training set
+svm_boL2Normalize = True
+svm_cvFolds = 5
+svm_nJobs = -1                   # parallel jobs for the C search; -1 = all cores
+
+# --- Running the DNN ----------------------------------------------------------
+run_mbSize = 32                  # featurization batch size
+run_device = "auto"              # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
+run_workers = -1                 # image-decoding processes; -1 = auto, 0 = none
+run_precision = "fp32"           # 'auto' | 'fp32' | 'bf16' | 'fp16'
+
+# --- Evaluation ---------------------------------------------------------------
+eval_numExampleImages = 24       # test images in the right/wrong examples grid
+
+# --- Downloading images (script 0) --------------------------------------------
+download_urlsFile = ""           # TSV 'label<TAB>url'; '' installs the bundled demo images
+download_timeoutSeconds = 20.0
+download_maxImageSide = 1000     # longer side of downloaded images, in pixels

@@ -1,0 +1,406 @@
+"""Load ``PARAMETERS.py`` into one validated, typed :class:`Parameters` object.
+
+``PARAMETERS.py`` is a flat file of plain assignments that a user edits (the
+nanoGPT configurator model). This module is the only place that reads it:
+every parameter is declared once below, with its type, allowed values and a
+one-line help, and the user's file and ``--key=value`` command-line overrides
+are checked against those declarations. An unknown key, a wrong type or a
+value outside the allowed set is a :class:`ParameterError` naming the key and
+what is allowed, before any work starts.
+
+No other module reads parameters from globals: scripts load a
+:class:`Parameters` once and pass it (or the values they need) down.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import os
+import re
+import runpy
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from imgclass.errors import ParameterError
+
+#: The dataset bundled under ``resources/demoImages`` and installed by script 0.
+DEMO_DATASET_NAME = "tuxpaintStamps"
+
+#: Names of the supported backbones (see :mod:`imgclass.backbones`).
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+
+#: Keys the original CNTK tutorial spelled differently: alias -> canonical name.
+ALIASES = {"rf_inputResoluton": "rf_inputResolution"}
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+DEFAULT_PARAMETERS_FILE = PROJECT_DIR / "PARAMETERS.py"
+#: Environment variable naming another parameters file (e.g. for tests or runs).
+PARAMETERS_FILE_ENV = "IMGCLASS_PARAMETERS"
+
+
+def _param(default: Any, help: str, choices: Sequence[Any] | None = None,
+           check: Callable[[Any], str | None] | None = None) -> Any:
+    """Declare one parameter: its default, help text, allowed values and extra check."""
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "check": check}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _open_unit_interval(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be strictly between 0 and 1"
+
+
+def _dropout(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _resolution(value: int) -> str | None:
+    return None if 32 <= value <= 1024 else "must be between 32 and 1024 pixels"
+
+
+def _positive_list(values: list[float]) -> str | None:
+    if not values:
+        return "must be a non-empty list"
+    if any(v <= 0 for v in values):
+        return "every value must be > 0"
+    return None
+
+
+def _non_negative_list(values: list[float]) -> str | None:
+    if not values:
+        return "must be a non-empty list"
+    if any(v < 0 for v in values):
+        return "every value must be >= 0"
+    return None
+
+
+def _dataset_name(value: str) -> str | None:
+    if not value or value in (".", "..") or re.search(r"[/\\]", value):
+        return "must be a plain folder name (no slashes), e.g. 'myDataset'"
+    return None
+
+
+def _device(value: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        return None
+    return "must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"
+
+
+def _pretrained_model(value: str) -> str | None:
+    if value in BACKBONE_NAMES:
+        return None
+    name = Path(value).name
+    if name.endswith(".pth") and backbone_name_of_file(name) is not None:
+        return None
+    return (f"must be one of {', '.join(repr(n) for n in BACKBONE_NAMES)} or a path to a .pth "
+            "state-dict file whose name starts with one of them (e.g. 'resnet18-f37072fd.pth')")
+
+
+def backbone_name_of_file(file_name: str) -> str | None:
+    """Return the backbone a weights file is for, from its name (``resnet50-0676ba61.pth``)."""
+    for name in sorted(BACKBONE_NAMES, key=len, reverse=True):
+        if re.match(rf"{re.escape(name)}(?![0-9a-z])", file_name, flags=re.IGNORECASE):
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """Every parameter of the pipeline; see ``PARAMETERS.py`` for their meaning.
+
+    Field names keep the original tutorial's camelCase spelling so that users
+    of the CNTK sample recognise them.
+    """
+
+    # --- data -------------------------------------------------------------
+    datasetName: str = _param(DEMO_DATASET_NAME, "dataset folder name under <rootDir>/images/",
+                              check=_dataset_name)
+    rootDir: str = _param("data", "root of images/, proc/ and results/ (relative paths are "
+                                  "relative to the parameters file's folder)")
+    classifier: str = _param("svm", "'svm': fixed DNN features + linear SVM; 'dnn': refined DNN; "
+                                    "'svmDnnRefined': SVM on refined DNN features",
+                             choices=("svm", "dnn", "svmDnnRefined"))
+    ratioTrainTest: float = _param(0.75, "fraction of each class's images used for training",
+                                   check=_open_unit_interval)
+    imagesSplitBy: str = _param("filename", "split individual files, or whole subdirectories "
+                                            "of each class folder", choices=("filename", "subdir"))
+    randomSeed: int = _param(0, "seed of every random choice (split, CV folds, training)")
+
+    # --- DNN backbone and refinement --------------------------------------
+    rf_pretrainedModelFilename: str = _param(
+        "resnet18", "backbone name or path to a .pth state dict named after it", check=_pretrained_model)
+    rf_inputResolution: int = _param(224, "network input size in pixels (square)", check=_resolution)
+    rf_resizeMode: str = _param("pad", "'pad': scale the longer side and pad to a square (keeps the "
+                                       "whole image); 'crop': scale the shorter side and centre-crop",
+                                choices=("pad", "crop"))
+    rf_dropoutRate: float = _param(0.5, "dropout before the new classification layer", check=_dropout)
+    rf_mbSize: int = _param(16, "refinement minibatch size", check=_positive)
+    rf_maxEpochs: int = _param(45, "refinement epochs (0 = no refinement)", check=_non_negative)
+    rf_maxTrainImages: int = _param(0, "training images drawn per epoch (0 = all)", check=_non_negative)
+    rf_lrPerMb: list[float] = _param([0.01] * 20 + [0.001] * 20 + [0.0001],
+                                     "learning rate per epoch; the last value repeats", check=_positive_list)
+    rf_momentumPerMb: float = _param(0.9, "SGD momentum", check=_non_negative)
+    rf_l2RegWeight: float = _param(0.0005, "L2 weight decay", check=_non_negative)
+    rf_boFreezeWeights: bool = _param(False, "train only the new head, keep the backbone fixed")
+    rf_boBalanceTrainingSet: bool = _param(False, "resample so every class is drawn equally often")
+
+    # --- SVM ----------------------------------------------------------------
+    svm_CVals: list[float] = _param([1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],
+                                    "SVM regularisation values C to choose from", check=_positive_list)
+    svm_boL2Normalize: bool = _param(True, "L2-normalise each feature vector before the SVM")
+    svm_cvFolds: int = _param(5, "stratified cross-validation folds on the training set to choose C",
+                              check=lambda v: None if v >= 2 else "must be >= 2")
+    svm_nJobs: int = _param(-1, "parallel jobs for the C search (-1 = all cores)",
+                            check=lambda v: None if v == -1 or v >= 1 else "must be -1 or >= 1")
+
+    # --- running the DNN ----------------------------------------------------
+    run_mbSize: int = _param(32, "featurization batch size", check=_positive)
+    run_device: str = _param("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N', 'mps'",
+                             check=_device)
+    run_workers: int = _param(-1, "image-decoding worker processes (-1 = auto, 0 = in the main process)",
+                              check=lambda v: None if v >= -1 else "must be -1 or >= 0")
+    run_precision: str = _param("fp32", "numeric precision of the forward pass",
+                                choices=("auto", "fp32", "bf16", "fp16"))
+
+    # --- evaluation ---------------------------------------------------------
+    eval_numExampleImages: int = _param(24, "test images shown in the examples grid", check=_non_negative)
+
+    # --- downloading (script 0) -------------------------------------------
+    download_urlsFile: str = _param("", "TSV of 'label<TAB>url' lines to download into "
+                                        "images/<datasetName>/ ('' = install the bundled demo images)")
+    download_timeoutSeconds: float = _param(20.0, "timeout of each image download", check=_positive)
+    download_maxImageSide: int = _param(1000, "downloaded images are shrunk so the longer side is at most this",
+                                        check=_positive)
+
+    # --- not user parameters: where the values came from -------------------
+    parametersFile: str = field(default="", metadata={"internal": True})
+
+    @property
+    def root_path(self) -> Path:
+        """``rootDir`` as an absolute path (relative to the parameters file's folder)."""
+        root = Path(os.path.expanduser(self.rootDir))
+        if not root.is_absolute():
+            base = Path(self.parametersFile).parent if self.parametersFile else PROJECT_DIR
+            root = base / root
+        return root.resolve()
+
+    def replace(self, **changes: Any) -> "Parameters":
+        """Return a copy with ``changes`` applied and validated."""
+        values = {**self.as_dict(), **changes}
+        values["parametersFile"] = self.parametersFile
+        return build_parameters(values, source="replace()")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The user parameters as a plain dict (for metadata files and ``--help``)."""
+        return {name: getattr(self, name) for name in parameter_names()}
+
+
+def _specs() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Parameters) if not f.metadata.get("internal")}
+
+
+def parameter_names() -> list[str]:
+    """All user parameter names, in declaration order."""
+    return list(_specs())
+
+
+_TYPE_HINTS = typing.get_type_hints(Parameters)
+
+
+def _type_name(annotation: Any) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        annotation, "list of numbers")
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, parameter_names() + list(ALIASES), n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """Check ``value`` against the declaration of ``name`` and return it in its declared type.
+
+    Integers are accepted where a number (float) is declared; nothing else is
+    converted silently, so ``ratioTrainTest = "0.75"`` in the file is an error.
+    """
+    spec = _specs()[name]
+    annotation = _TYPE_HINTS[name]
+    expected = _type_name(annotation)
+    problem = f"parameter '{name}' must be a {expected}, got {value!r} ({type(value).__name__})"
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParameterError(problem)
+    elif annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(problem)
+    elif annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(problem)
+        value = float(value)
+    elif annotation is str:
+        if not isinstance(value, str):
+            raise ParameterError(problem)
+    else:  # list[float]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+            raise ParameterError(problem)
+        value = [float(v) for v in value]
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ParameterError(f"parameter '{name}' is {value!r}; allowed values: {allowed}")
+    check = spec.metadata.get("check")
+    if check:
+        message = check(value)
+        if message:
+            raise ParameterError(f"parameter '{name}' {message} (got {value!r})")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--key=value`` argument into the canonical key and a typed value.
+
+    Strings need no quotes (``--datasetName=myData``); booleans accept
+    true/false/yes/no/1/0; lists are Python or comma-separated
+    (``--svm_CVals=[0.1,1]`` or ``--svm_CVals=0.1,1``).
+    """
+    if not text.startswith("--") or "=" not in text:
+        raise ParameterError(f"cannot read argument {text!r}: overrides are written --key=value")
+    key, raw = text[2:].split("=", 1)
+    key = canonical_key(key)
+    annotation = _TYPE_HINTS[key]
+    if annotation is str:
+        value: Any = raw
+    elif annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            value = True
+        elif lowered in ("false", "no", "0", "off"):
+            value = False
+        else:
+            raise ParameterError(f"parameter '{key}' must be true or false, got {raw!r}")
+    else:
+        try:
+            value = ast.literal_eval(raw) if annotation is not list[float] or raw.strip().startswith(
+                ("[", "(")) else [ast.literal_eval(part) for part in raw.split(",") if part.strip()]
+        except (ValueError, SyntaxError):
+            raise ParameterError(
+                f"parameter '{key}' must be a {_type_name(annotation)}, got {raw!r}") from None
+    return key, coerce_value(key, value)
+
+
+def canonical_key(key: str) -> str:
+    """Map an alias to its canonical name; raise a clear error for an unknown key."""
+    key = ALIASES.get(key, key)
+    if key not in _specs():
+        raise ParameterError(f"unknown parameter '{key}'.{_did_you_mean(key)} "
+                             "Run the script with --help to list the parameters.")
+    return key
+
+
+def build_parameters(values: Mapping[str, Any], source: str) -> Parameters:
+    """Validate a mapping of parameter values (aliases allowed) into :class:`Parameters`."""
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "parametersFile":
+            checked[key] = str(value)
+            continue
+        name = canonical_key(key) if key in ALIASES or key in _specs() else None
+        if name is None:
+            raise ParameterError(f"unknown parameter '{key}' in {source}.{_did_you_mean(key)}")
+        if name in checked and key in ALIASES:
+            raise ParameterError(f"both '{key}' and '{name}' are set in {source}; keep only '{name}'")
+        checked[name] = coerce_value(name, value)
+    return Parameters(**checked)
+
+
+def read_parameters_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Execute a parameters file and return its public, plain-value assignments."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"parameters file not found: {path}")
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as exc:  # a syntax or name error in the user's file
+        raise ParameterError(f"cannot read parameters file {path}: {exc}") from exc
+    return {key: value for key, value in namespace.items()
+            if not key.startswith("_") and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
+
+
+def load_parameters(overrides: Iterable[str] = (), parameters_file: str | os.PathLike[str] | None = None,
+                    **values: Any) -> Parameters:
+    """Load the parameters file, then apply ``--key=value`` overrides and keyword values.
+
+    Parameters
+    ----------
+    overrides:
+        Command-line style strings ``--key=value``.
+    parameters_file:
+        The file to read; default ``$IMGCLASS_PARAMETERS`` or the project's ``PARAMETERS.py``.
+    **values:
+        Typed overrides, applied last (handy for tests and notebooks).
+    """
+    path = Path(parameters_file or os.environ.get(PARAMETERS_FILE_ENV) or DEFAULT_PARAMETERS_FILE).resolve()
+    merged = build_parameters(read_parameters_file(path), source=str(path)).as_dict()
+    for text in overrides:
+        key, value = parse_override(text)
+        merged[key] = value
+    for key, value in values.items():
+        merged[canonical_key(key)] = value
+    merged["parametersFile"] = str(path)
+    return build_parameters(merged, source="the overrides")
+
+
+def format_help(params: Parameters, used: Sequence[str] | None = None, description: str = "") -> str:
+    """Text for ``--help``: the parameters a script uses with their current values."""
+    names = list(used) if used else parameter_names()
+    lines = [description.strip(), ""] if description else []
+    lines += [f"Parameters (from {params.parametersFile}; override with --key=value):", ""]
+    width = max(len(n) for n in names)
+    for name in names:
+        spec = _specs()[name]
+        lines.append(f"  --{name:<{width}} = {getattr(params, name)!r}")
+        lines.append(f"    {'':<{width}}   {spec.metadata['help']}")
+    lines += ["", "  --parametersFile=PATH  read another parameters file instead of PARAMETERS.py"]
+    return "\n".join(lines)
+
+
+def parse_command_line(argv: Sequence[str], used: Sequence[str] | None = None,
+                       description: str = "") -> Parameters:
+    """Parameters for a script: ``--parametersFile=``, ``--key=value`` overrides and ``--help``.
+
+    ``--help`` prints the parameters the script uses (``used``) with their
+    current values, after the overrides, and exits.
+    """
+    parameters_file = None
+    overrides = []
+    wants_help = False
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            wants_help = True
+        elif arg.startswith("--parametersFile="):
+            parameters_file = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    params = load_parameters(overrides, parameters_file)
+    if wants_help:
+        print(format_help(params, used, description))
+        sys.exit(0)
+    return params
