@@ -54,3 +54,29 @@ eval_numExampleImages = 24       # test images in the right/wrong examples grid
 download_urlsFile = ""           # TSV 'label<TAB>url'; '' installs the bundled demo images
 download_timeoutSeconds = 20.0
 download_maxImageSide = 1000     # longer side of downloaded images, in pixels
+
+# --- Scraping new images (Bing) and removing duplicates -----------------------
+# scripts/scrapeImages.py searches Bing Image Search for every "<item> <attribute>"
+# and saves the top results in images/<datasetName>/<attribute>/. The key is read
+# from the environment variable BING_SEARCH_V7_SUBSCRIPTION_KEY, never from a file.
+# Bing Search v7 was retired in August 2025: point bing_endpoint at a compatible service.
+bing_endpoint = "https://api.bing.microsoft.com/v7.0/images/search"
+scrape_items = ["shirt", "pants", "dress", "skirt", "sweater", "scarf", "shoes"]
+scrape_attributes = ["striped", "dotted", "leopard"]   # the classes
+scrape_queriesFile = ""          # TSV 'label<TAB>query' used instead of items x attributes
+scrape_imagesPerQuery = 50       # the top N results of each query are downloaded
+scrape_countPerPage = 50         # results per search call (at most 150)
+scrape_safeSearch = "Moderate"   # 'Off' | 'Moderate' | 'Strict'
+scrape_mkt = "en-US"             # market; '' lets Bing choose
+scrape_imageType = "Photo"       # '' | 'Photo' | 'Clipart' | 'Line' | 'Shopping' | 'Transparent' | 'AnimatedGif'
+scrape_license = ""              # '' (no filter) | 'Public' | 'Share' | 'ShareCommercially' | 'Modify' | ...
+scrape_useThumbnails = False     # True: save Bing's thumbnail when the full image fails
+scrape_allowPrivateHosts = False # True: allow URLs on private/loopback/link-local addresses
+scrape_timeoutSeconds = 20.0
+scrape_maxBytes = 20_000_000     # larger downloads are abandoned
+scrape_minSecondsBetweenCalls = 0.5   # per host, the search API included
+scrape_maxRetries = 4            # on HTTP 429 and 5xx, waiting Retry-After (else 1, 2, 4, ... s)
+# scripts/removeDuplicates.py moves near-duplicates to images/<datasetName>_duplicates/.
+dedup_hashSize = 16              # dhash of hash_size x hash_size bits
+dedup_maxDistance = 16           # max differing bits of 256 (measured: docs/scraping.md); 0 = identical only
+dedup_crossClass = "keepOne"     # same image under 2 classes: 'keepOne' | 'moveAll' | 'report'

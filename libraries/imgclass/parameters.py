@@ -35,6 +35,10 @@ DEMO_DATASET_NAME = "tuxpaintStamps"
 #: Names of the supported backbones (see :mod:`imgclass.backbones`).
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
+#: Default dedup_maxDistance for dedup_hashSize=16, measured on the demo photos
+#: (see docs/scraping.md and benchmarks/dedup_threshold.py).
+DEFAULT_DEDUP_MAX_DISTANCE = 16
+
 #: Keys the original CNTK tutorial spelled differently: alias -> canonical name.
 ALIASES = {"rf_inputResoluton": "rf_inputResolution"}
 
@@ -89,6 +93,16 @@ def _non_negative_list(values: list[float]) -> str | None:
     return None
 
 
+def _string_list(values: list[str]) -> str | None:
+    if any(not v.strip() or re.search(r"[\t\r\n]", v) for v in values):
+        return "every value must be a non-empty string without tabs or line breaks"
+    return None
+
+
+def _http_url(value: str) -> str | None:
+    return None if re.match(r"https?://[^/\s]+", value) else "must be an http:// or https:// URL"
+
+
 def _dataset_name(value: str) -> str | None:
     if not value or value in (".", "..") or re.search(r"[/\\]", value):
         return "must be a plain folder name (no slashes), e.g. 'myDataset'"
@@ -113,8 +127,9 @@ def _pretrained_model(value: str) -> str | None:
 
 def backbone_name_of_file(file_name: str) -> str | None:
     """Return the backbone a weights file is for, from its name (``resnet50-0676ba61.pth``)."""
+    normalised = file_name.lower().replace("-", "_")  # 'efficientnet-lite0-57934424.pth' too
     for name in sorted(BACKBONE_NAMES, key=len, reverse=True):
-        if re.match(rf"{re.escape(name)}(?![0-9a-z])", file_name, flags=re.IGNORECASE):
+        if re.match(rf"{re.escape(name)}(?![0-9a-z])", normalised):
             return name
     return None
 
@@ -187,6 +202,53 @@ class Parameters:
     download_maxImageSide: int = _param(1000, "downloaded images are shrunk so the longer side is at most this",
                                         check=_positive)
 
+    # --- scraping new images (Bing) and removing duplicates ------------------
+    bing_endpoint: str = _param("https://api.bing.microsoft.com/v7.0/images/search",
+                                "Bing Image Search v7 endpoint, or a compatible one; the key is read from "
+                                "the environment variable BING_SEARCH_V7_SUBSCRIPTION_KEY", check=_http_url)
+    scrape_items: list[str] = _param(["shirt", "pants", "dress", "skirt", "sweater", "scarf", "shoes"],
+                                     "things to search for; each is combined with every attribute",
+                                     check=_string_list)
+    scrape_attributes: list[str] = _param(["striped", "dotted", "leopard"],
+                                          "the classes: query '<item> <attribute>', saved under "
+                                          "images/<datasetName>/<attribute>/", check=_string_list)
+    scrape_queriesFile: str = _param("", "TSV of 'label<TAB>query' lines used instead of items x attributes "
+                                         "('' = items x attributes)")
+    scrape_imagesPerQuery: int = _param(50, "search results downloaded per query (the top N)",
+                                        check=_positive)
+    scrape_countPerPage: int = _param(50, "results asked for per search call (Bing allows at most 150)",
+                                      check=lambda v: None if 1 <= v <= 150 else "must be between 1 and 150")
+    scrape_safeSearch: str = _param("Moderate", "Bing's adult-content filter",
+                                    choices=("Off", "Moderate", "Strict"))
+    scrape_mkt: str = _param("en-US", "market of the search, e.g. 'en-US', 'de-DE' ('' = Bing chooses)",
+                             check=lambda v: None if re.fullmatch(r"([a-z]{2}-[A-Z]{2})?", v)
+                             else "must look like 'en-US', or be ''")
+    scrape_imageType: str = _param("Photo", "Bing's imageType filter ('' = any)",
+                                   choices=("", "Photo", "Clipart", "Line", "Shopping", "Transparent",
+                                            "AnimatedGif"))
+    scrape_license: str = _param("", "Bing's license filter ('' = no filter)",
+                                 choices=("", "All", "Any", "Public", "Share", "ShareCommercially",
+                                          "Modify", "ModifyCommercially"))
+    scrape_useThumbnails: bool = _param(False, "when an image itself cannot be downloaded, save Bing's "
+                                               "(smaller) thumbnail of it instead")
+    scrape_allowPrivateHosts: bool = _param(False, "allow image URLs whose host is a private, loopback or "
+                                                   "link-local address (off: protects your network)")
+    scrape_timeoutSeconds: float = _param(20.0, "timeout of each search call and image download",
+                                          check=_positive)
+    scrape_maxBytes: int = _param(20_000_000, "larger downloads are abandoned", check=_positive)
+    scrape_minSecondsBetweenCalls: float = _param(0.5, "rate limit: seconds between two requests to the same "
+                                                       "host, the search API included", check=_non_negative)
+    scrape_maxRetries: int = _param(4, "retries of a request answered 429 or 5xx (waits Retry-After, "
+                                       "else 1, 2, 4, ... s)", check=_non_negative)
+    dedup_hashSize: int = _param(16, "dhash size: a hash has hash_size**2 bits",
+                                 check=lambda v: None if 2 <= v <= 64 else "must be between 2 and 64")
+    dedup_maxDistance: int = _param(DEFAULT_DEDUP_MAX_DISTANCE, "images whose dhashes differ in at most this "
+                                    "many bits are near-duplicates (0 = identical hashes only)",
+                                    check=_non_negative)
+    dedup_crossClass: str = _param("keepOne", "near-duplicates under different classes: 'keepOne' (like "
+                                              "within a class), 'moveAll' (the label is ambiguous), "
+                                              "'report' (move none)", choices=("keepOne", "moveAll", "report"))
+
     # --- not user parameters: where the values came from -------------------
     parametersFile: str = field(default="", metadata={"internal": True})
 
@@ -223,8 +285,8 @@ _TYPE_HINTS = typing.get_type_hints(Parameters)
 
 
 def _type_name(annotation: Any) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
-        annotation, "list of numbers")
+    return {str: "string", int: "integer", float: "number", bool: "boolean",
+            list[str]: "list of strings"}.get(annotation, "list of numbers")
 
 
 def _did_you_mean(name: str) -> str:
@@ -255,6 +317,12 @@ def coerce_value(name: str, value: Any) -> Any:
     elif annotation is str:
         if not isinstance(value, str):
             raise ParameterError(problem)
+    elif annotation == list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or any(not isinstance(v, str) for v in value):
+            raise ParameterError(problem)
+        value = list(value)
     else:  # list[float]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
@@ -296,6 +364,8 @@ def parse_override(text: str) -> tuple[str, Any]:
             value = False
         else:
             raise ParameterError(f"parameter '{key}' must be true or false, got {raw!r}")
+    elif annotation == list[str] and not raw.strip().startswith(("[", "(")):
+        value = [part.strip() for part in raw.split(",") if part.strip()]
     else:
         try:
             value = ast.literal_eval(raw) if annotation is not list[float] or raw.strip().startswith(

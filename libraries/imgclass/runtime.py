@@ -1,0 +1,92 @@
+"""Where and how the network runs: device, numeric precision, loader workers.
+
+Kept apart from the models so every step (featurization, refinement, serving)
+picks the device and precision the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import ContextManager
+
+import torch
+
+from imgclass.errors import ParameterError
+
+
+def resolve_device(run_device: str = "auto") -> torch.device:
+    """``'auto'``: CUDA if available, then Apple's MPS, then the CPU; else the named device.
+
+    Asking for a device that is not there is an error rather than a silent
+    fallback, so a user who set ``run_device='cuda'`` knows the GPU was not used.
+    """
+    if run_device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(run_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("run_device is 'cuda' but no CUDA GPU is available; use run_device='auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ParameterError(f"run_device is '{run_device}' but only {torch.cuda.device_count()} GPU(s) exist")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ParameterError("run_device is 'mps' but Apple's MPS backend is not available")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(run_precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for the forward pass.
+
+    ``'auto'`` picks bf16 on CPUs with native bf16 support, fp16 on CUDA and
+    MPS, and fp32 otherwise.
+    """
+    if run_precision == "fp32":
+        return torch.float32
+    if run_precision == "bf16":
+        return torch.bfloat16
+    if run_precision == "fp16":
+        return torch.float16
+    if run_precision != "auto":
+        raise ParameterError(f"run_precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {run_precision!r}")
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager[object]:
+    """Mixed-precision context for ``dtype`` (a no-op for fp32)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(run_workers: int, device: torch.device) -> int:
+    """Decoding worker processes: ``run_workers``, or for -1 a choice that leaves the model its cores.
+
+    On the CPU the forward pass needs the cores, so decoding gets at most a
+    quarter of them (none on a machine with 2 or fewer); with a GPU, decoding
+    is the bottleneck and may use all but one core.
+    """
+    if run_workers >= 0:
+        return run_workers
+    cpus = available_cpus()
+    if device.type == "cuda":
+        return max(1, min(8, cpus - 1))
+    return 0 if cpus <= 2 else max(1, cpus // 4)

@@ -1,0 +1,32 @@
+"""Step 3: featurize every image of the split with the DNN from step 2.
+
+Writes proc/<datasetName>/features.npy (float32, one row per image),
+features.csv (row,path,label,split,ok) and features.json (how they were made).
+Unreadable images are reported and marked ok=0, never fatal.
+"""
+
+import sys
+
+from imgclass.cli import run_main
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import parse_command_line
+from imgclass.pipeline import featurize_dataset
+
+USED = ["datasetName", "rootDir", "run_mbSize", "run_device", "run_workers", "run_precision"]
+
+
+def main(argv: list[str]) -> None:
+    params = parse_command_line(argv, USED, __doc__)
+    report = featurize_dataset(params, progress=sys.stderr.isatty())
+    rate = report.n_images / report.seconds if report.seconds > 0 else float("inf")
+    print(f"Featurized {report.n_images} images -> {report.feature_dim} floats each in {report.seconds:.1f} s "
+          f"({rate:.1f} img/s; device {report.device}, {report.precision}, {report.workers} loader workers)")
+    if report.failures:
+        print(f"{len(report.failures)} image(s) could not be read and are left out:")
+        for path, message in report.failures:
+            print(f"  {path}: {message}")
+    print(f"Wrote {DatasetLayout.from_parameters(params).features_npy} (+ .csv, .json)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
