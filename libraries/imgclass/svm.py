@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -93,6 +94,8 @@ class TrainedSvm:
     C: float
     search: CSearchResult
     per_C: list[dict[str, float]] = field(default_factory=list)
+    #: the same SVM with sigmoid (Platt) calibration fitted by cross-validation on the training set
+    calibrated: CalibratedClassifierCV | None = None
 
     def decision_scores(self, X: np.ndarray) -> np.ndarray:
         """``(N, K)`` scores, one column per label (higher = more likely), also for K = 2."""
@@ -102,6 +105,20 @@ class TrainedSvm:
         full = np.full((scores.shape[0], len(self.labels)), -np.inf, dtype=np.float64)
         full[:, self.pipeline.classes_] = scores
         return full
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """``(N, K)`` calibrated class probabilities (rows sum to 1).
+
+        SVM scores are margins, not probabilities; Platt scaling fitted on
+        cross-validation folds of the training set turns them into numbers a
+        service can report as confidence.
+        """
+        if self.calibrated is None:
+            raise ValueError("this SVM was saved without calibration; re-run scripts/4_trainSVM.py")
+        proba = self.calibrated.predict_proba(np.asarray(X, dtype=np.float32))
+        full = np.zeros((proba.shape[0], len(self.labels)), dtype=np.float64)
+        full[:, self.calibrated.classes_] = proba
+        return full / full.sum(axis=1, keepdims=True)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class ids ``(N,)``."""
@@ -143,4 +160,9 @@ def train_svm(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], f
             if C == search.best_C:
                 chosen = model
     assert chosen is not None
-    return TrainedSvm(chosen, list(labels), dict(featurizer), search.best_C, search, per_C)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        calibrated = CalibratedClassifierCV(
+            make_svm(search.best_C, l2_normalize, random_state), method="sigmoid",
+            cv=StratifiedKFold(search.folds, shuffle=True, random_state=random_state)).fit(X_train, y_train)
+    return TrainedSvm(chosen, list(labels), dict(featurizer), search.best_C, search, per_C, calibrated)

@@ -1,0 +1,92 @@
+"""Classifying new images with a trained dataset model: what serving and batch scoring use.
+
+:class:`Predictor` loads the artifacts of steps 2 and 4 once (the featurizer
+network and the SVM) and classifies decoded PIL images in batches. It holds
+no per-request state, and the forward pass runs under a lock, so one
+instance can be shared by the threads of a web server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclass.featurize import Featurizer
+from imgclass.layout import DatasetLayout, require
+from imgclass.pipeline import load_classifier
+from imgclass.runtime import autocast, resolve_device, resolve_precision
+from imgclass.svm import TrainedSvm
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per image: SVM scores (margins) and calibrated probabilities, ``(N, K)`` each."""
+
+    scores: np.ndarray
+    probabilities: np.ndarray
+    labels: list[str]
+
+    def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image, the ``k`` most probable labels with their probabilities."""
+        k = max(1, min(k, len(self.labels)))
+        order = np.argsort(-self.probabilities, axis=1)[:, :k]
+        return [[(self.labels[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities)]
+
+
+class Predictor:
+    """Featurizer + SVM of one dataset, ready to classify images."""
+
+    def __init__(self, featurizer: Featurizer, classifier: TrainedSvm, device: torch.device,
+                 dtype: torch.dtype = torch.float32, model_name: str = "", model_version: str = ""):
+        self.featurizer = featurizer
+        self.classifier = classifier
+        self.device = device
+        self.dtype = dtype
+        self.transform = featurizer.transform
+        self.extractor = featurizer.extractor.to(device).eval()
+        self.model_name = model_name
+        self.model_version = model_version
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_layout(cls, layout: DatasetLayout, run_device: str = "auto", run_precision: str = "fp32") -> "Predictor":
+        """Load ``featurizer.pth`` and ``svm.joblib`` of a dataset."""
+        featurizer = Featurizer.load(layout.featurizer_pth)
+        svm_path = require(layout.svm_joblib, "scripts/4_trainSVM.py")
+        classifier = load_classifier(layout)
+        digest = hashlib.sha256(svm_path.read_bytes() + layout.featurizer_pth.read_bytes()).hexdigest()[:12]
+        device = resolve_device(run_device)
+        info = featurizer.describe()
+        name = f"{layout.dataset}-{info['backbone']}-svm"
+        return cls(featurizer, classifier, device, resolve_precision(run_precision, device), name, digest)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.classifier.labels)
+
+    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Penultimate-layer features ``(N, D)`` of RGB PIL images."""
+        if not images:
+            return np.zeros((0, self.extractor.feature_dim), dtype=np.float32)
+        batch = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
+        with self._lock, torch.inference_mode(), autocast(self.device, self.dtype):
+            return self.extractor(batch).float().cpu().numpy()
+
+    def predict(self, images: Sequence[Image.Image]) -> Predictions:
+        """Scores and calibrated probabilities for each image."""
+        features = self.features(images)
+        if len(features) == 0:
+            empty = np.zeros((0, len(self.labels)))
+            return Predictions(empty, empty, self.labels)
+        return Predictions(self.classifier.decision_scores(features), self.classifier.probabilities(features),
+                           self.labels)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "model_version": self.model_version, "labels": self.labels,
+                "featurizer": self.featurizer.describe(), "C": self.classifier.C}
