@@ -247,7 +247,8 @@ class Parameters:
                                     check=_non_negative)
     dedup_crossClass: str = _param("keepOne", "near-duplicates under different classes: 'keepOne' (like "
                                               "within a class), 'moveAll' (the label is ambiguous), "
-                                              "'report' (move none)", choices=("keepOne", "moveAll", "report"))
+                                              "'report' (move none)",
+                                   choices=("keepOne", "moveAll", "report"))
 
     # --- not user parameters: where the values came from -------------------
     parametersFile: str = field(default="", metadata={"internal": True})
@@ -285,8 +286,9 @@ _TYPE_HINTS = typing.get_type_hints(Parameters)
 
 
 def _type_name(annotation: Any) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean",
-            list[str]: "list of strings"}.get(annotation, "list of numbers")
+    """The type with its article, for messages: 'an integer', 'a list of numbers'."""
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list[str]: "a list of strings"}.get(annotation, "a list of numbers")
 
 
 def _did_you_mean(name: str) -> str:
@@ -303,7 +305,7 @@ def coerce_value(name: str, value: Any) -> Any:
     spec = _specs()[name]
     annotation = _TYPE_HINTS[name]
     expected = _type_name(annotation)
-    problem = f"parameter '{name}' must be a {expected}, got {value!r} ({type(value).__name__})"
+    problem = f"parameter '{name}' must be {expected}, got {value!r} ({type(value).__name__})"
     if annotation is bool:
         if not isinstance(value, bool):
             raise ParameterError(problem)
@@ -372,7 +374,7 @@ def parse_override(text: str) -> tuple[str, Any]:
                 ("[", "(")) else [ast.literal_eval(part) for part in raw.split(",") if part.strip()]
         except (ValueError, SyntaxError):
             raise ParameterError(
-                f"parameter '{key}' must be a {_type_name(annotation)}, got {raw!r}") from None
+                f"parameter '{key}' must be {_type_name(annotation)}, got {raw!r}") from None
     return key, coerce_value(key, value)
 
 
@@ -395,8 +397,9 @@ def build_parameters(values: Mapping[str, Any], source: str) -> Parameters:
         name = canonical_key(key) if key in ALIASES or key in _specs() else None
         if name is None:
             raise ParameterError(f"unknown parameter '{key}' in {source}.{_did_you_mean(key)}")
-        if name in checked and key in ALIASES:
-            raise ParameterError(f"both '{key}' and '{name}' are set in {source}; keep only '{name}'")
+        if name in checked:
+            alias = key if key in ALIASES else next(a for a, n in ALIASES.items() if n == name)
+            raise ParameterError(f"both '{alias}' and '{name}' are set in {source}; keep only '{name}'")
         checked[name] = coerce_value(name, value)
     return Parameters(**checked)
 

@@ -1,0 +1,58 @@
+"""Compare the two resize modes ('pad' vs 'crop') on a dataset: which default is better?
+
+For each mode the images are featurized once; then, for several split seeds,
+C is chosen by CV on the training part and the test accuracy recorded.
+
+    python benchmarks/resize_mode.py [--datasetName=...] [--rf_pretrainedModelFilename=efficientnet_lite0]
+"""
+
+import sys
+
+import numpy as np
+
+from imgclass.backbones import load_pretrained_extractor
+from imgclass.featurize import Featurizer, ImageFileDataset, extract_features
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import parse_command_line
+from imgclass.splits import TRAIN, list_dataset, split_dataset
+from imgclass.svm import train_svm
+
+SEEDS = range(5)
+
+
+def main(argv: list[str]) -> None:
+    params = parse_command_line(argv or ["--rf_pretrainedModelFilename=efficientnet_lite0"])
+    layout = DatasetLayout.from_parameters(params)
+    listing = list_dataset(layout.images_dir)
+    paths = [p for label in listing.labels for p in listing.images_by_label[label]]
+    label_of = {p: i for i, label in enumerate(listing.labels) for p in listing.images_by_label[label]}
+    print(f"{params.datasetName}: {len(paths)} images, backbone {params.rf_pretrainedModelFilename}, "
+          f"{params.rf_inputResolution} px, seeds {list(SEEDS)}")
+    print(f"{'mode':6s} {'CV acc (mean)':>14s} {'test acc (mean ± sd)':>22s}")
+    for mode in ("pad", "crop"):
+        extractor, source = load_pretrained_extractor(params.rf_pretrainedModelFilename, params.rf_inputResolution)
+        featurizer = Featurizer(extractor, mode, source)
+        features = np.zeros((len(paths), extractor.feature_dim), dtype=np.float32)
+        dataset = ImageFileDataset([layout.images_dir / p for p in paths], featurizer.transform)
+
+        def store(rows, values):
+            features[rows] = values
+
+        extract_features(extractor, dataset, store, batch_size=32, progress=False)
+        row_of = {p: i for i, p in enumerate(paths)}
+        cv, test = [], []
+        for seed in SEEDS:
+            rows = split_dataset(listing, params.ratioTrainTest, seed)
+            train = [row_of[r.path] for r in rows if r.split == TRAIN]
+            held = [row_of[r.path] for r in rows if r.split != TRAIN]
+            y = np.array([label_of[p] for p in paths])
+            model = train_svm(features[train], y[train], listing.labels, {}, params.svm_CVals, params.svm_cvFolds,
+                              params.svm_boL2Normalize, seed, -1)
+            cv.append(max(model.search.cv_accuracy))
+            test.append(float(np.mean(model.predict(features[held]) == y[held])))
+        print(f"{mode:6s} {np.mean(cv):14.3f} {np.mean(test):14.3f} ± {np.std(test):.3f}   "
+              f"(per seed: {', '.join(f'{t:.3f}' for t in test)})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
