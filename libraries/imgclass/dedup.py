@@ -1,0 +1,545 @@
+"""Find exact and near-duplicate images with a perceptual hash, and set the extras aside.
+
+Web searches return the same photo many times: the same file on several
+sites, resized, recompressed, sometimes under two queries. Duplicates inflate
+a class, and a copy in the training set and another in the test set makes the
+test accuracy a memory test. Like the original tutorial, images are compared by
+their difference hash (``imagehash.dhash``, ``hash_size`` 16 = 256 bits); two
+images whose hashes differ in at most ``max_distance`` bits are near-duplicates
+(``max_distance=0`` is the original's rule: identical hashes). The default
+threshold is measured on real photos, see ``benchmarks/dedup_threshold.py``.
+
+Pairs are found by multi-index hashing, not by comparing all pairs: each hash
+is cut into ``max_distance + 1`` chunks, and by the pigeonhole principle two
+hashes within ``max_distance`` bits agree exactly on at least one chunk, so only
+images sharing a chunk are compared.
+
+:func:`remove_duplicates` keeps one image per group (the largest, then the
+first path in sorted order) and MOVES the others to
+``images/<dataset>_duplicates/`` under the same relative path, writing a CSV
+report first; :func:`undo_moves` puts them back from that report. Nothing is
+ever deleted. :func:`find_straddling_duplicates` is for the split step: the
+near-duplicate pairs that would sit in both the training and the test set.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import imagehash
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from imgclass.atomic import atomic_path
+from imgclass.errors import DatasetError, ImgClassError
+from imgclass.images import UnreadableImageError, list_image_files, load_rgb
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE, Parameters
+
+#: Columns of the report written by :func:`remove_duplicates` (one row per image of a group).
+REPORT_COLUMNS = ("group", "role", "path", "label", "kept", "distance", "cross_class",
+                  "width", "height", "bytes", "moved_to")
+#: Columns of the hash cache (``proc/<dataset>/dhash<size>.csv``).
+CACHE_COLUMNS = ("path", "bytes", "mtime_ns", "width", "height", "dhash")
+
+ROLE_KEPT = "kept"          # the image that stays
+ROLE_MOVED = "moved"        # moved to the duplicates folder (or would be, in a dry run)
+ROLE_CONFLICT = "conflict"  # cross-class group left in place (dedup_crossClass='report')
+
+
+class DedupError(ImgClassError):
+    """The image folder or an undo report cannot be used."""
+
+
+# --------------------------------------------------------------------------- hashing
+def dhash_image(image: Image.Image, hash_size: int = 16) -> int:
+    """The difference hash of ``image`` as a ``hash_size**2``-bit integer (``imagehash.dhash``)."""
+    bits = imagehash.dhash(image, hash_size=hash_size).hash.flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big") >> (-bits.size % 8)
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits of two hashes."""
+    return (a ^ b).bit_count()
+
+
+def dhash_file(path: str | os.PathLike[str], hash_size: int = 16) -> tuple[int, int, int]:
+    """``(dhash, width, height)`` of an image file; EXIF orientation is applied first.
+
+    JPEGs are decoded at a reduced scale (at least ``8 * hash_size`` pixels a
+    side): the hash only sees a ``(hash_size + 1) x hash_size`` thumbnail, and
+    a full decode of every photo would dominate the run time.
+    Raises :class:`~imgclass.images.UnreadableImageError`.
+    """
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"cannot decode {path}: {exc}") from exc
+    draft = 8 * hash_size
+    return dhash_image(load_rgb(path, draft_size=(draft, draft)), hash_size), width, height
+
+
+@dataclass(frozen=True)
+class HashedImage:
+    """One image: its path relative to the image folder, dhash, size in pixels and bytes."""
+
+    path: str
+    dhash: int
+    width: int
+    height: int
+    bytes: int
+
+    @property
+    def label(self) -> str:
+        """The class: the first folder of the relative path ('' for a file at the top)."""
+        parts = self.path.split("/")
+        return parts[0] if len(parts) > 1 else ""
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def hash_cache_path(layout: DatasetLayout, hash_size: int) -> Path:
+    """Where the hashes of a dataset's images are cached: ``proc/<dataset>/dhash<size>.csv``."""
+    return layout.proc_dir / f"dhash{hash_size}.csv"
+
+
+def _read_cache(cache_path: Path | None) -> dict[str, tuple[int, int, int, int, int]]:
+    if cache_path is None or not cache_path.is_file():
+        return {}
+    cache = {}
+    try:
+        with open(cache_path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                cache[row["path"]] = (int(row["bytes"]), int(row["mtime_ns"]), int(row["width"]),
+                                      int(row["height"]), int(row["dhash"], 16))
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):
+        return {}  # a damaged cache is only a cache: recompute
+    return cache
+
+
+def _write_cache(cache_path: Path, cache: Mapping[str, tuple[int, int, int, int, int]]) -> None:
+    with atomic_path(cache_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CACHE_COLUMNS)
+        for path in sorted(cache):
+            size, mtime, width, height, value = cache[path]
+            writer.writerow([path, size, mtime, width, height, f"{value:x}"])
+
+
+def hash_images(images_dir: str | os.PathLike[str], paths: Iterable[str], hash_size: int = 16,
+                cache_path: str | os.PathLike[str] | None = None,
+                progress: bool = False) -> tuple[list[HashedImage], list[tuple[str, str]]]:
+    """Hash the images ``paths`` (relative to ``images_dir``, '/'-separated).
+
+    Parameters
+    ----------
+    cache_path:
+        Optional CSV cache of hashes (:data:`CACHE_COLUMNS`); an entry is reused
+        while the file's size and modification time are unchanged. It is
+        rewritten with the entries of ``paths`` and those of other files that
+        still exist.
+    progress:
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    (hashed, unreadable)
+        The readable images, in the order of ``paths``, and ``(path, reason)``
+        for the files that cannot be decoded.
+    """
+    images_dir = Path(images_dir)
+    cache_file = Path(cache_path) if cache_path is not None else None
+    cache = _read_cache(cache_file)
+    fresh: dict[str, tuple[int, int, int, int, int]] = {}
+    hashed: list[HashedImage] = []
+    unreadable: list[tuple[str, str]] = []
+    for rel in tqdm(list(paths), desc="hashing", unit="img", disable=not progress):
+        full = images_dir / rel
+        try:
+            stat = full.stat()
+        except OSError as exc:
+            unreadable.append((rel, f"cannot read: {exc.strerror or exc}"))
+            continue
+        entry = cache.get(rel)
+        if entry is None or entry[:2] != (stat.st_size, stat.st_mtime_ns):
+            try:
+                value, width, height = dhash_file(full, hash_size)
+            except UnreadableImageError as exc:
+                unreadable.append((rel, str(exc)))
+                continue
+            entry = (stat.st_size, stat.st_mtime_ns, width, height, value)
+        fresh[rel] = entry
+        hashed.append(HashedImage(rel, entry[4], entry[2], entry[3], entry[0]))
+    if cache_file is not None:
+        kept = {p: e for p, e in cache.items() if p not in fresh and (images_dir / p).is_file()}
+        if fresh.keys() - cache.keys() or any(cache[p] != fresh[p] for p in fresh if p in cache) \
+                or len(kept) + len(fresh) != len(cache):
+            _write_cache(cache_file, {**kept, **fresh})
+    return hashed, unreadable
+
+
+# --------------------------------------------------------------------------- search
+def _chunk_masks(n_bits: int, n_chunks: int) -> list[int]:
+    bounds = [round(i * n_bits / n_chunks) for i in range(n_chunks + 1)]
+    return [((1 << (hi - lo)) - 1) << lo for lo, hi in zip(bounds, bounds[1:])]
+
+
+def near_duplicate_pairs(hashes: Sequence[int], max_distance: int,
+                         n_bits: int = 256) -> list[tuple[int, int, int]]:
+    """All pairs of hashes within ``max_distance`` bits: ``(i, j, distance)`` with ``i < j``, sorted.
+
+    Multi-index hashing: the ``n_bits`` are cut into ``max_distance + 1``
+    chunks; two hashes within ``max_distance`` bits agree exactly on at least
+    one chunk, so only hashes sharing a chunk value are compared, and each
+    pair is examined in the first chunk they share. The result is exact (the
+    same as comparing all pairs). On photos, buckets are small; images that
+    are mostly plain background share chunks more often and cost more.
+    """
+    if max_distance < 0:
+        raise ValueError("max_distance must be >= 0")
+    n_chunks = min(max_distance + 1, n_bits)
+    masks = _chunk_masks(n_bits, n_chunks)
+    pairs: list[tuple[int, int, int]] = []
+    for k, mask in enumerate(masks):
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for index, value in enumerate(hashes):
+            buckets[value & mask].append(index)
+        earlier = masks[:k]
+        for members in buckets.values():
+            for a, i in enumerate(members):
+                hi = hashes[i]
+                for j in members[a + 1:]:
+                    diff = hi ^ hashes[j]
+                    if any(not diff & m for m in earlier):
+                        continue  # already examined in an earlier chunk they share
+                    distance = diff.bit_count()
+                    if distance <= max_distance:
+                        pairs.append((i, j, distance))
+    pairs.sort()
+    return pairs
+
+
+# --------------------------------------------------------------------------- grouping
+@dataclass
+class DuplicateGroup:
+    """One kept image and its near-duplicates (each within the threshold of the kept one)."""
+
+    kept: HashedImage
+    duplicates: list[tuple[HashedImage, int]]  # (image, Hamming distance to kept)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({self.kept.label, *(image.label for image, _ in self.duplicates)})
+
+    @property
+    def cross_class(self) -> bool:
+        return len(self.labels) > 1
+
+
+def group_duplicates(images: Sequence[HashedImage], max_distance: int,
+                     hash_size: int = 16) -> list[DuplicateGroup]:
+    """Group near-duplicates, within and across classes; each group keeps one image.
+
+    Images are visited largest first (pixels), then in sorted path order; an
+    image not yet in a group becomes the kept image of a new group, which takes
+    every not-yet-grouped image within ``max_distance`` of it. So every
+    duplicate is close to the image that is kept in its place (no chains of
+    "similar to something similar"), and the kept image is the largest, then
+    the first in sorted order. Groups are returned in that order.
+    """
+    order = sorted(range(len(images)), key=lambda i: (-images[i].pixels, images[i].path))
+    rank = {index: position for position, index in enumerate(order)}
+    neighbours: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for i, j, distance in near_duplicate_pairs([im.dhash for im in images], max_distance, hash_size ** 2):
+        neighbours[i].append((j, distance))
+        neighbours[j].append((i, distance))
+    grouped: set[int] = set()
+    groups = []
+    for i in order:
+        if i in grouped or i not in neighbours:
+            continue
+        members = sorted(((j, d) for j, d in neighbours[i] if j not in grouped), key=lambda jd: rank[jd[0]])
+        if not members:
+            continue
+        grouped.add(i)
+        grouped.update(j for j, _ in members)
+        groups.append(DuplicateGroup(images[i], [(images[j], d) for j, d in members]))
+    return groups
+
+
+# --------------------------------------------------------------------------- remove / undo
+def duplicates_dir_of(layout: DatasetLayout) -> Path:
+    """``<root>/images/<dataset>_duplicates/``: where moved duplicates and reports go."""
+    return layout.images_dir.parent / f"{layout.dataset}_duplicates"
+
+
+@dataclass
+class DedupResult:
+    """What :func:`remove_duplicates` found and did."""
+
+    images: int
+    unreadable: list[tuple[str, str]]
+    groups: list[DuplicateGroup]
+    moved: int
+    report_path: Path
+    dry_run: bool
+    cross_class_action: str
+
+    @property
+    def cross_class_groups(self) -> list[DuplicateGroup]:
+        return [g for g in self.groups if g.cross_class]
+
+    def summary(self, max_listed: int = 20) -> str:
+        """Plain-text summary for the user."""
+        n_dups = sum(len(g.duplicates) for g in self.groups)
+        lines = [f"hashed {self.images} images ({len(self.unreadable)} unreadable, left in place)"]
+        lines += [f"  unreadable: {path}: {reason}" for path, reason in self.unreadable[:max_listed]]
+        lines.append(f"found {len(self.groups)} groups of near-duplicates ({n_dups} extra copies), "
+                     f"{len(self.cross_class_groups)} of them across classes")
+        for group in self.cross_class_groups[:max_listed]:
+            copies = ", ".join(f"{im.path} (distance {d})" for im, d in group.duplicates)
+            lines.append(f"  across classes {'/'.join(group.labels)}: {group.kept.path} ~ {copies}")
+        if len(self.cross_class_groups) > max_listed:
+            lines.append(f"  ... and {len(self.cross_class_groups) - max_listed} more (see the report)")
+        if self.cross_class_groups and self.cross_class_action == "report":
+            lines.append("  cross-class groups were left in place (dedup_crossClass='report'): "
+                         "move the copies under the wrong label by hand")
+        verb = "would move" if self.dry_run else "moved"
+        lines.append(f"{verb} {self.moved} files; report: {self.report_path}")
+        if not self.dry_run and self.moved:
+            lines.append(f"undo with: python scripts/removeDuplicates.py --undo={self.report_path}")
+        return "\n".join(lines)
+
+
+def _free_target(path: Path) -> Path:
+    """``path``, or ``name_1.ext``, ``name_2.ext``, ... if it is taken (never overwrite)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+def _report_rows(groups: Sequence[DuplicateGroup], cross_class_action: str,
+                 duplicates_dir: Path) -> list[dict[str, object]]:
+    rows = []
+    claimed: set[Path] = set()
+    for number, group in enumerate(groups, start=1):
+        cross = group.cross_class
+        members = [(group.kept, 0, True), *((im, d, False) for im, d in group.duplicates)]
+        for image, distance, is_kept in members:
+            if cross and cross_class_action == "report":
+                role = ROLE_CONFLICT
+            elif cross and cross_class_action == "moveAll":
+                role = ROLE_MOVED
+            else:
+                role = ROLE_KEPT if is_kept else ROLE_MOVED
+            moved_to = ""
+            if role == ROLE_MOVED:
+                target = duplicates_dir / image.path
+                n = 0
+                while target.exists() or target in claimed:
+                    n += 1
+                    target = (duplicates_dir / image.path).with_name(
+                        f"{Path(image.path).stem}_{n}{Path(image.path).suffix}")
+                claimed.add(target)
+                moved_to = target.relative_to(duplicates_dir).as_posix()
+            rows.append({"group": number, "role": role, "path": image.path, "label": image.label,
+                         "kept": group.kept.path, "distance": distance, "cross_class": int(cross),
+                         "width": image.width, "height": image.height, "bytes": image.bytes,
+                         "moved_to": moved_to})
+    return rows
+
+
+def _write_report(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def remove_duplicates(images_dir: str | os.PathLike[str], duplicates_dir: str | os.PathLike[str],
+                      hash_size: int = 16, max_distance: int = DEFAULT_DEDUP_MAX_DISTANCE,
+                      cross_class_action: str = "keepOne", dry_run: bool = False,
+                      report_path: str | os.PathLike[str] | None = None,
+                      cache_path: str | os.PathLike[str] | None = None,
+                      progress: bool = False) -> DedupResult:
+    """Find near-duplicates in ``images_dir`` and move all but one of each group to ``duplicates_dir``.
+
+    Parameters
+    ----------
+    images_dir:
+        ``images/<dataset>/`` with one folder per class.
+    duplicates_dir:
+        Where the moved files go, under their relative path (and the report).
+    hash_size, max_distance:
+        dhash size and the largest Hamming distance of near-duplicates.
+    cross_class_action:
+        For groups spanning classes: ``'keepOne'`` (like any group), ``'moveAll'``
+        (move every copy: the label is ambiguous) or ``'report'`` (move none).
+    dry_run:
+        Move nothing; the report says what would move.
+    report_path:
+        The CSV report (:data:`REPORT_COLUMNS`); default
+        ``duplicates_dir/duplicatesReport_<time>.csv``. It is written before
+        anything moves, so an interrupted run can still be undone from it.
+    cache_path:
+        Optional hash cache (see :func:`hash_images`).
+
+    Returns
+    -------
+    DedupResult
+    """
+    images_dir, duplicates_dir = Path(images_dir), Path(duplicates_dir)
+    if cross_class_action not in ("keepOne", "moveAll", "report"):
+        raise ValueError(f"unknown cross_class_action {cross_class_action!r}")
+    if not images_dir.is_dir():
+        raise DatasetError(f"image folder not found: {images_dir}")
+    files, _ = list_image_files(images_dir)
+    paths = [p.relative_to(images_dir).as_posix() for p in files]
+    hashed, unreadable = hash_images(images_dir, paths, hash_size, cache_path, progress)
+    groups = group_duplicates(hashed, max_distance, hash_size)
+    if report_path is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        report_path = _free_target(duplicates_dir / f"duplicatesReport_{stamp}.csv")
+    report_path = Path(report_path)
+    rows = _report_rows(groups, cross_class_action, duplicates_dir)
+    _write_report(report_path, rows)
+    moved = 0
+    for row in rows:
+        if row["role"] != ROLE_MOVED:
+            continue
+        if not dry_run:
+            target = duplicates_dir / str(row["moved_to"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(images_dir / str(row["path"]), target)
+        moved += 1
+    return DedupResult(images=len(hashed) + len(unreadable), unreadable=unreadable, groups=groups,
+                       moved=moved, report_path=report_path, dry_run=dry_run,
+                       cross_class_action=cross_class_action)
+
+
+def remove_duplicates_for(params: Parameters, dry_run: bool = False, progress: bool = False) -> DedupResult:
+    """:func:`remove_duplicates` on ``params.datasetName`` with the ``dedup_*`` parameters.
+
+    A dry run writes its report to ``proc/<dataset>/duplicatesDryRun.csv``
+    (nothing under ``images/`` changes); a real run to
+    ``images/<dataset>_duplicates/duplicatesReport_<time>.csv``.
+    """
+    layout = DatasetLayout.from_parameters(params)
+    return remove_duplicates(
+        layout.images_dir, duplicates_dir_of(layout), hash_size=params.dedup_hashSize,
+        max_distance=params.dedup_maxDistance, cross_class_action=params.dedup_crossClass,
+        dry_run=dry_run, report_path=layout.proc_dir / "duplicatesDryRun.csv" if dry_run else None,
+        cache_path=hash_cache_path(layout, params.dedup_hashSize), progress=progress)
+
+
+@dataclass
+class UndoResult:
+    """What :func:`undo_moves` did; ``problems`` lists files it could not restore, with why."""
+
+    restored: int = 0
+    already_back: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"restored {self.restored} files ({self.already_back} were already back)"]
+        if self.problems:
+            lines.append(f"{len(self.problems)} could not be restored:")
+            lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def undo_moves(report_path: str | os.PathLike[str], images_dir: str | os.PathLike[str],
+               duplicates_dir: str | os.PathLike[str]) -> UndoResult:
+    """Move every file the report says was moved back to its original path.
+
+    A file is never overwritten: if something is already at the original path
+    the moved copy stays where it is and the conflict is listed. Running the
+    undo twice is harmless.
+    """
+    report_path, images_dir, duplicates_dir = Path(report_path), Path(images_dir), Path(duplicates_dir)
+    try:
+        with open(report_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise DedupError(f"cannot read the duplicates report {report_path}: {exc.strerror or exc}") from exc
+    if rows and not {"role", "path", "moved_to"} <= rows[0].keys():
+        raise DedupError(f"{report_path} is not a duplicates report (columns role, path, moved_to missing)")
+    result = UndoResult()
+    for row in rows:
+        if row["role"] != ROLE_MOVED or not row["moved_to"]:
+            continue
+        if any(".." in Path(row[key]).parts or Path(row[key]).is_absolute() for key in ("path", "moved_to")):
+            raise DedupError(f"{report_path} has a path leading outside the image folders: {row['path']}")
+        source = duplicates_dir / row["moved_to"]
+        target = images_dir / row["path"]
+        if not source.exists():
+            if target.exists():
+                result.already_back += 1
+            else:
+                result.problems.append(f"{row['moved_to']}: not found in {duplicates_dir}")
+            continue
+        if target.exists():
+            result.problems.append(f"{row['path']}: a file is already there; {source} left in place")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+        result.restored += 1
+    return result
+
+
+# --------------------------------------------------------------------------- split check
+@dataclass(frozen=True)
+class StraddlingPair:
+    """Two near-duplicate images, one in the training set and one in the test set."""
+
+    train_path: str
+    test_path: str
+    distance: int
+
+
+def find_straddling_duplicates(rows: Iterable[tuple[str, str]], images_dir: str | os.PathLike[str],
+                               hash_size: int = 16, max_distance: int = DEFAULT_DEDUP_MAX_DISTANCE,
+                               cache_path: str | os.PathLike[str] | None = None) -> list[StraddlingPair]:
+    """Near-duplicate pairs that a split puts on both sides of train/test.
+
+    Parameters
+    ----------
+    rows:
+        ``(path, split)`` with ``path`` relative to ``images_dir`` ('/'-separated)
+        and ``split`` ``'train'`` or ``'test'`` (other values are ignored).
+    images_dir:
+        ``images/<dataset>/``.
+    hash_size, max_distance:
+        As for :func:`remove_duplicates` (``dedup_hashSize``, ``dedup_maxDistance``).
+    cache_path:
+        Optional hash cache, e.g. :func:`hash_cache_path` (shared with
+        :func:`remove_duplicates`, so after a dedup run nothing is decoded again).
+
+    Returns
+    -------
+    list[StraddlingPair]
+        Sorted by distance, then paths. Unreadable images are skipped (the
+        split step reports them itself).
+    """
+    split_of = {path: split for path, split in rows if split in ("train", "test")}
+    hashed, _ = hash_images(images_dir, sorted(split_of), hash_size, cache_path)
+    pairs = []
+    for i, j, distance in near_duplicate_pairs([im.dhash for im in hashed], max_distance, hash_size ** 2):
+        a, b = hashed[i].path, hashed[j].path
+        if split_of[a] != split_of[b]:
+            train, test = (a, b) if split_of[a] == "train" else (b, a)
+            pairs.append(StraddlingPair(train, test, distance))
+    return sorted(pairs, key=lambda p: (p.distance, p.train_path, p.test_path))

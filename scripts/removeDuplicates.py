@@ -1,0 +1,61 @@
+"""Find exact and near-duplicate images in images/<datasetName>/ and move the extra copies aside.
+
+Images are compared by their dhash (dedup_hashSize, default 16 = 256 bits);
+two images whose hashes differ in at most dedup_maxDistance bits are
+near-duplicates, within a class and across classes. Each group keeps one image
+(the largest, then the first in sorted order); the others are MOVED to
+images/<datasetName>_duplicates/ under the same relative path, and a CSV report
+(kept, moved, distance) is written there first. Nothing is ever deleted.
+
+Script options (besides the --key=value parameters):
+  --dry-run          move nothing; write the report to proc/<datasetName>/duplicatesDryRun.csv
+  --undo=REPORT.csv  move the files listed in a report back where they were
+"""
+
+from __future__ import annotations
+
+import sys
+
+from imgclass.cli import run_main
+from imgclass.dedup import duplicates_dir_of, remove_duplicates_for, undo_moves
+from imgclass.errors import ParameterError
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import parse_command_line
+
+USED = ["datasetName", "rootDir", "dedup_hashSize", "dedup_maxDistance", "dedup_crossClass"]
+
+
+def split_script_options(argv: list[str]) -> tuple[bool, str, list[str]]:
+    """``(dry_run, undo_report, remaining arguments)``: this script's own flags taken out of ``argv``."""
+    dry_run, undo, rest = False, "", []
+    for arg in argv:
+        if arg == "--dry-run":
+            dry_run = True
+        elif arg.startswith("--undo="):
+            undo = arg.split("=", 1)[1]
+            if not undo:
+                raise ParameterError("--undo needs the report to undo: --undo=path/to/duplicatesReport_....csv")
+        else:
+            rest.append(arg)
+    return dry_run, undo, rest
+
+
+def main(argv: list[str]) -> int:
+    dry_run, undo_report, rest = split_script_options(argv)
+    params = parse_command_line(rest, used=USED, description=__doc__)
+    layout = DatasetLayout.from_parameters(params)
+    if undo_report:
+        result = undo_moves(undo_report, layout.images_dir, duplicates_dir_of(layout))
+        print(result.summary())
+        return 1 if result.problems else 0
+    print(f"looking for near-duplicates in {layout.images_dir} (dhash {params.dedup_hashSize}, "
+          f"at most {params.dedup_maxDistance} bits apart){' -- dry run' if dry_run else ''}")
+    result = remove_duplicates_for(params, dry_run=dry_run, progress=True)
+    print(result.summary())
+    if dry_run and result.moved:
+        print("nothing was moved; run again without --dry-run to move them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

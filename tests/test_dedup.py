@@ -1,0 +1,278 @@
+"""Tests of imgclass.dedup: finding near-duplicates, moving them aside, undoing, the split check."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+import runpy
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import imgclass.dedup as dedup
+from imgclass.dedup import (
+    REPORT_COLUMNS,
+    dhash_file,
+    dhash_image,
+    find_straddling_duplicates,
+    group_duplicates,
+    hamming,
+    hash_images,
+    near_duplicate_pairs,
+    remove_duplicates,
+    undo_moves,
+)
+from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE, PROJECT_DIR
+
+
+def natural_photo(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A seeded 'photo': smooth colour gradients, a few shapes and sensor noise (not flat colour)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    channels = [rng.uniform(40, 200) + rng.uniform(-80, 80) * x + rng.uniform(-80, 80) * y
+                + 30 * np.sin(rng.uniform(2, 9) * x + rng.uniform(0, 6)) for _ in range(3)]
+    image = Image.fromarray(np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.uniform(0, w * 0.8), rng.uniform(0, h * 0.8)
+        box = [x0, y0, x0 + rng.uniform(w * 0.1, w * 0.4), y0 + rng.uniform(h * 0.1, h * 0.4)]
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    noisy = np.asarray(image, dtype=float) + rng.normal(0, 4, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def resized(image: Image.Image, scale: float) -> Image.Image:
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+
+
+COPIES_OF_A = {"striped/a_copy.jpg", "striped/a_half.jpg", "striped/a_q50.jpg", "dotted/a_cross.jpg"}
+DISTINCT = ["striped/b.jpg", "striped/c.jpg", "dotted/d.jpg", "dotted/e.jpg", "leopard/f.png",
+            "leopard/sub/g.jpg", "striped/a.jpg"]
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    """A dataset with exact, resized, recompressed and cross-class copies, distinct photos and junk."""
+    root = tmp_path / "data" / "images" / "ds"
+    a, g = natural_photo(1, (640, 480)), natural_photo(7, (500, 400))
+    files = {
+        "striped/a.jpg": jpeg(a),
+        "striped/a_copy.jpg": jpeg(a),
+        "striped/a_half.jpg": jpeg(resized(a, 0.5)),
+        "striped/a_q50.jpg": jpeg(a, 50),
+        "dotted/a_cross.jpg": jpeg(resized(a, 0.75), 70),
+        "leopard/sub/g.jpg": jpeg(g),
+        "leopard/sub/g_small.jpg": jpeg(resized(g, 0.75), 60),
+        "dotted/broken.jpg": jpeg(natural_photo(20))[:500],
+        "striped/notes.txt": b"not an image",
+    }
+    for seed, name in enumerate(["striped/b.jpg", "striped/c.jpg", "dotted/d.jpg", "dotted/e.jpg"], start=2):
+        files[name] = jpeg(natural_photo(seed))
+    buffer = io.BytesIO()
+    natural_photo(6).save(buffer, format="PNG")
+    files["leopard/f.png"] = buffer.getvalue()
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_report(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- hashing and search
+def test_dhash_is_imagehash_dhash():
+    image = natural_photo(3)
+    for size in (8, 16):
+        assert dhash_image(image, size) == int(str(imagehash.dhash(image, hash_size=size)), 16)
+
+
+def test_copies_are_near_and_distinct_photos_far_at_the_default_threshold(images_dir):
+    hashes = {name: dhash_file(images_dir / name)[0] for name in [*COPIES_OF_A, *DISTINCT]}
+    for copy in COPIES_OF_A:
+        assert hamming(hashes["striped/a.jpg"], hashes[copy]) <= DEFAULT_DEDUP_MAX_DISTANCE, copy
+    assert hamming(hashes["striped/a.jpg"], hashes["striped/a_copy.jpg"]) == 0
+    for i, first in enumerate(DISTINCT):
+        for second in DISTINCT[i + 1:]:
+            assert hamming(hashes[first], hashes[second]) > 3 * DEFAULT_DEDUP_MAX_DISTANCE, (first, second)
+
+
+def brute_force(hashes, max_distance):
+    return sorted((i, j, hamming(hashes[i], hashes[j])) for i in range(len(hashes))
+                  for j in range(i + 1, len(hashes)) if hamming(hashes[i], hashes[j]) <= max_distance)
+
+
+def perturbed(value: int, flips: int, rng: random.Random, n_bits: int = 256) -> int:
+    for bit in rng.sample(range(n_bits), flips):
+        value ^= 1 << bit
+    return value
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 5, 16, 40])
+def test_near_duplicate_pairs_equals_comparing_all_pairs(max_distance):
+    rng = random.Random(max_distance)
+    hashes = [rng.getrandbits(256) for _ in range(150)]
+    hashes += [perturbed(rng.choice(hashes), rng.randint(0, 45), rng) for _ in range(150)]
+    hashes += hashes[:10]  # exact copies
+    assert near_duplicate_pairs(hashes, max_distance) == brute_force(hashes, max_distance)
+
+
+def test_near_duplicate_pairs_handles_tens_of_thousands_of_hashes():
+    rng = random.Random(0)
+    hashes = [rng.getrandbits(256) for _ in range(30_000)]
+    planted = {(i, 30_000 + k) for k, i in enumerate(rng.sample(range(30_000), 300))}
+    hashes += [perturbed(hashes[i], rng.randint(0, 16), rng) for i, _ in sorted(planted, key=lambda p: p[1])]
+    found = {(i, j) for i, j, _ in near_duplicate_pairs(hashes, 16)}
+    assert found == planted
+
+
+# --------------------------------------------------------------------------- remove and undo
+def test_groups_keep_the_largest_then_first_path(images_dir):
+    paths = sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*.jp*g"))
+    hashed, unreadable = hash_images(images_dir, paths)
+    assert [path for path, _ in unreadable] == ["dotted/broken.jpg"]
+    groups = group_duplicates(hashed, DEFAULT_DEDUP_MAX_DISTANCE)
+    summary = {g.kept.path: {im.path for im, _ in g.duplicates} for g in groups}
+    assert summary == {"striped/a.jpg": COPIES_OF_A, "leopard/sub/g.jpg": {"leopard/sub/g_small.jpg"}}
+    by_kept = {g.kept.path: g for g in groups}
+    assert by_kept["striped/a.jpg"].cross_class and by_kept["striped/a.jpg"].labels == ["dotted", "striped"]
+    assert not by_kept["leopard/sub/g.jpg"].cross_class
+    assert dict((im.path, d) for im, d in by_kept["striped/a.jpg"].duplicates)["striped/a_copy.jpg"] == 0
+
+
+def test_identical_hashes_only_at_distance_zero(images_dir):
+    result = remove_duplicates(images_dir, images_dir.parent / "ds_duplicates", max_distance=0, dry_run=True,
+                               report_path=images_dir.parent.parent / "dry.csv")
+    moved = {g.kept.path: [im.path for im, d in g.duplicates if d == 0] for g in result.groups}
+    assert moved["striped/a.jpg"][0] == "striped/a_copy.jpg"
+    assert all(d == 0 for g in result.groups for _, d in g.duplicates)
+
+
+def test_dry_run_changes_nothing(images_dir, tmp_path):
+    before = snapshot(tmp_path / "data" / "images")
+    report = tmp_path / "data" / "proc" / "ds" / "duplicatesDryRun.csv"
+    result = remove_duplicates(images_dir, images_dir.parent / "ds_duplicates", dry_run=True, report_path=report)
+    assert snapshot(tmp_path / "data" / "images") == before
+    assert not (images_dir.parent / "ds_duplicates").exists()
+    assert result.moved == 5 and result.dry_run
+    rows = read_report(report)
+    assert {r["path"] for r in rows if r["role"] == "moved"} == COPIES_OF_A | {"leopard/sub/g_small.jpg"}
+    assert "would move 5 files" in result.summary()
+
+
+def test_moves_duplicates_aside_and_undo_restores_every_file(images_dir, tmp_path):
+    images_root = tmp_path / "data" / "images"
+    before = snapshot(images_root)
+    duplicates = images_root / "ds_duplicates"
+    result = remove_duplicates(images_dir, duplicates)
+    assert result.moved == 5
+
+    # moved, under the same relative path; nothing deleted, nothing changed
+    for rel in COPIES_OF_A | {"leopard/sub/g_small.jpg"}:
+        assert not (images_dir / rel).exists()
+        assert hashlib.sha256((duplicates / rel).read_bytes()).hexdigest() == before[f"ds/{rel}"]
+    assert sorted(snapshot(images_dir)) == sorted(r[3:] for r in before if r.startswith("ds/")
+                                                   and r[3:] not in COPIES_OF_A | {"leopard/sub/g_small.jpg"})
+
+    # the report: documented columns, kept / moved / distance
+    assert result.report_path.parent == duplicates
+    rows = read_report(result.report_path)
+    assert list(rows[0]) == list(REPORT_COLUMNS)
+    roles = {r["path"]: (r["role"], r["kept"], int(r["distance"]), r["cross_class"]) for r in rows}
+    assert roles["striped/a.jpg"] == ("kept", "striped/a.jpg", 0, "1")
+    assert roles["striped/a_copy.jpg"] == ("moved", "striped/a.jpg", 0, "1")
+    assert roles["leopard/sub/g_small.jpg"][:2] == ("moved", "leopard/sub/g.jpg")
+    assert "across classes dotted/striped" in result.summary()
+
+    undone = undo_moves(result.report_path, images_dir, duplicates)
+    assert (undone.restored, undone.problems) == (5, [])
+    after = {k: v for k, v in snapshot(images_root).items() if not k.startswith("ds_duplicates/")}
+    assert after == before
+    again = undo_moves(result.report_path, images_dir, duplicates)  # harmless
+    assert (again.restored, again.already_back, again.problems) == (0, 5, [])
+
+
+def test_undo_never_overwrites(images_dir, tmp_path):
+    duplicates = tmp_path / "data" / "images" / "ds_duplicates"
+    result = remove_duplicates(images_dir, duplicates)
+    (images_dir / "striped/a_q50.jpg").write_bytes(b"a new file the user put there")
+    undone = undo_moves(result.report_path, images_dir, duplicates)
+    assert undone.restored == 4 and len(undone.problems) == 1
+    assert (images_dir / "striped/a_q50.jpg").read_bytes() == b"a new file the user put there"
+    assert (duplicates / "striped/a_q50.jpg").exists()
+
+
+@pytest.mark.parametrize("action, moved", [
+    ("moveAll", COPIES_OF_A | {"striped/a.jpg", "leopard/sub/g_small.jpg"}),
+    ("report", {"leopard/sub/g_small.jpg"}),
+])
+def test_cross_class_actions(images_dir, tmp_path, action, moved):
+    duplicates = tmp_path / "data" / "images" / "ds_duplicates"
+    result = remove_duplicates(images_dir, duplicates, cross_class_action=action)
+    rows = read_report(result.report_path)
+    assert {r["path"] for r in rows if r["role"] == "moved"} == moved
+    assert {p.relative_to(duplicates).as_posix() for p in duplicates.rglob("*.jp*g")} == moved
+    if action == "report":
+        assert {r["role"] for r in rows if r["cross_class"] == "1"} == {"conflict"}
+
+
+def test_script_dry_run_then_move_then_undo(images_dir, tmp_path, capsys):
+    parameters_file = tmp_path / "PARAMETERS.py"
+    parameters_file.write_text(f"rootDir = {str(tmp_path / 'data')!r}\ndatasetName = 'ds'\n")
+    main = runpy.run_path(str(PROJECT_DIR / "scripts" / "removeDuplicates.py"))["main"]
+    before = snapshot(images_dir)
+    assert main([f"--parametersFile={parameters_file}", "--dry-run"]) == 0
+    assert snapshot(images_dir) == before
+    assert (tmp_path / "data" / "proc" / "ds" / "duplicatesDryRun.csv").is_file()
+    assert "would move 5 files" in capsys.readouterr().out
+    assert main([f"--parametersFile={parameters_file}", "--dedup_crossClass=report"]) == 0
+    out = capsys.readouterr().out
+    assert "moved 1 files" in out
+    report = next((tmp_path / "data" / "images" / "ds_duplicates").glob("duplicatesReport_*.csv"))
+    assert main([f"--parametersFile={parameters_file}", f"--undo={report}"]) == 0
+    assert "restored 1 files" in capsys.readouterr().out
+    assert snapshot(images_dir) == before
+
+
+# --------------------------------------------------------------------------- split check
+def test_find_straddling_duplicates_uses_and_refreshes_the_cache(images_dir, tmp_path, monkeypatch):
+    rows = [("striped/a.jpg", "train"), ("striped/a_half.jpg", "test"), ("striped/b.jpg", "train"),
+            ("striped/c.jpg", "test"), ("leopard/sub/g.jpg", "test"), ("leopard/sub/g_small.jpg", "test"),
+            ("dotted/broken.jpg", "train")]
+    cache = tmp_path / "proc" / "dhash16.csv"
+    pairs = find_straddling_duplicates(rows, images_dir, cache_path=cache)
+    assert [(p.train_path, p.test_path) for p in pairs] == [("striped/a.jpg", "striped/a_half.jpg")]
+    assert pairs[0].distance <= DEFAULT_DEDUP_MAX_DISTANCE and cache.is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(dedup, "dhash_file", no_decoding)
+    rows_swapped = [(path, "test" if split == "train" else "train") for path, split in rows[:4]]
+    assert [(p.train_path, p.test_path) for p in find_straddling_duplicates(
+        rows_swapped, images_dir, cache_path=cache)] == [("striped/a_half.jpg", "striped/a.jpg")]
+
+    monkeypatch.undo()
+    natural_photo(30, (320, 240)).save(images_dir / "striped/a_half.jpg", format="JPEG")  # now distinct
+    assert find_straddling_duplicates(rows, images_dir, cache_path=cache) == []
