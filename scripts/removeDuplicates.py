@@ -34,7 +34,7 @@ def split_script_options(argv: list[str]) -> tuple[bool, str, list[str]]:
         elif arg.startswith("--undo="):
             undo = arg.split("=", 1)[1]
             if not undo:
-                raise ParameterError("--undo needs the report to undo: --undo=path/to/duplicatesReport_....csv")
+                raise ParameterError("--undo needs a report: --undo=path/to/duplicatesReport_<time>.csv")
         else:
             rest.append(arg)
     return dry_run, undo, rest

@@ -138,6 +138,16 @@ def test_near_duplicate_pairs_equals_comparing_all_pairs(max_distance):
     assert near_duplicate_pairs(hashes, max_distance) == brute_force(hashes, max_distance)
 
 
+def test_near_duplicate_pairs_with_large_buckets_equals_comparing_all_pairs():
+    # images with large plain areas: the first 200 bits are the same for most of them
+    rng = random.Random(1)
+    hashes = [rng.getrandbits(56) << 200 | (0 if rng.random() < 0.8 else rng.getrandbits(200))
+              for _ in range(400)]
+    hashes += [perturbed(rng.choice(hashes), rng.randint(0, 20), rng) for _ in range(100)]
+    assert near_duplicate_pairs(hashes, 16) == brute_force(hashes, 16)
+    assert near_duplicate_pairs(hashes, 3) == brute_force(hashes, 3)
+
+
 def test_near_duplicate_pairs_handles_tens_of_thousands_of_hashes():
     rng = random.Random(0)
     hashes = [rng.getrandbits(256) for _ in range(30_000)]
@@ -172,7 +182,8 @@ def test_identical_hashes_only_at_distance_zero(images_dir):
 def test_dry_run_changes_nothing(images_dir, tmp_path):
     before = snapshot(tmp_path / "data" / "images")
     report = tmp_path / "data" / "proc" / "ds" / "duplicatesDryRun.csv"
-    result = remove_duplicates(images_dir, images_dir.parent / "ds_duplicates", dry_run=True, report_path=report)
+    result = remove_duplicates(images_dir, images_dir.parent / "ds_duplicates", dry_run=True,
+                               report_path=report)
     assert snapshot(tmp_path / "data" / "images") == before
     assert not (images_dir.parent / "ds_duplicates").exists()
     assert result.moved == 5 and result.dry_run
@@ -276,3 +287,14 @@ def test_find_straddling_duplicates_uses_and_refreshes_the_cache(images_dir, tmp
     monkeypatch.undo()
     natural_photo(30, (320, 240)).save(images_dir / "striped/a_half.jpg", format="JPEG")  # now distinct
     assert find_straddling_duplicates(rows, images_dir, cache_path=cache) == []
+
+
+def test_no_duplicates_no_report(tmp_path):
+    folder = tmp_path / "images" / "ds"
+    for seed, name in enumerate(["a/1.jpg", "a/2.jpg", "b/3.jpg"]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(jpeg(natural_photo(seed)))
+    result = remove_duplicates(folder, tmp_path / "images" / "ds_duplicates")
+    assert (result.groups, result.moved, result.report_path) == ([], 0, None)
+    assert not (tmp_path / "images" / "ds_duplicates").exists()
+    assert "moved 0 files" in result.summary()

@@ -9,6 +9,7 @@ import json
 import logging
 import runpy
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,6 +127,8 @@ def web():
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             status, headers, body = fake.respond(self.path, dict(self.headers))
+            if headers.get("X-Delay"):
+                time.sleep(float(headers["X-Delay"]))
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -330,11 +333,21 @@ def test_rerun_after_an_interrupted_run_resumes(tmp_path, web, catalogue, monkey
     assert len(ok_urls) == len(set(ok_urls)) == 11 + 2
     assert report.queries[0].already_had == 3
 
-    # a third run fetches no image at all
+    # a third run fetches no image at all, even for a file moved away since (e.g. by removeDuplicates.py)
+    (Path(params.rootDir) / "images" / "scraped" / "striped" / file_name_for_url(catalogue["a_copy"])).unlink()
     before = sum(1 for path, _ in web.requests if path.startswith("/img/"))
     third = scrape(params, key=KEY, queries=QUERIES, sleep=fake_time.sleep, clock=fake_time.clock)
     assert sum(1 for path, _ in web.requests if path.startswith("/img/")) == before
     assert third.queries[0].already_had == 11 and third.queries[0].known_bad == 6
+
+
+def test_slow_image_host_times_out(tmp_path, web):
+    slow = web.add("/img/slow.jpg", (200, {"Content-Type": "image/jpeg", "X-Delay": "1"}, image_files()["a"]))
+    web.results["slow"] = [{"contentUrl": slow}]
+    params = make_params(tmp_path, web, scrape_timeoutSeconds=0.3)
+    report = scrape(params, key=KEY, queries=[Query("x", "slow")], sleep=FakeTime().sleep)
+    assert report.queries[0].failed == Counter({"timeout": 1})
+    assert web.count("/img/slow.jpg") == 1  # a silent host is not retried
 
 
 def test_private_hosts_are_refused_by_default(tmp_path, web, catalogue):
@@ -434,7 +447,8 @@ def test_queries_from_items_attributes_and_file(tmp_path):
 
 
 def test_list_of_strings_parameters_from_the_command_line():
-    assert parse_override("--scrape_items=t-shirt, winter coat") == ("scrape_items", ["t-shirt", "winter coat"])
+    assert parse_override("--scrape_items=t-shirt, winter coat") == ("scrape_items",
+                                                                      ["t-shirt", "winter coat"])
     assert parse_override('--scrape_attributes=["a b", "c"]') == ("scrape_attributes", ["a b", "c"])
 
 

@@ -183,8 +183,7 @@ def hash_images(images_dir: str | os.PathLike[str], paths: Iterable[str], hash_s
         hashed.append(HashedImage(rel, entry[4], entry[2], entry[3], entry[0]))
     if cache_file is not None:
         kept = {p: e for p, e in cache.items() if p not in fresh and (images_dir / p).is_file()}
-        if fresh.keys() - cache.keys() or any(cache[p] != fresh[p] for p in fresh if p in cache) \
-                or len(kept) + len(fresh) != len(cache):
+        if {**kept, **fresh} != cache:
             _write_cache(cache_file, {**kept, **fresh})
     return hashed, unreadable
 
@@ -195,39 +194,72 @@ def _chunk_masks(n_bits: int, n_chunks: int) -> list[int]:
     return [((1 << (hi - lo)) - 1) << lo for lo, hi in zip(bounds, bounds[1:])]
 
 
+#: Buckets larger than this are compared with numpy instead of pair by pair in Python.
+_LARGE_BUCKET = 64
+
+
+def _as_words(hashes: Sequence[int], n_bits: int) -> np.ndarray:
+    """Hashes as an ``(n, ceil(n_bits / 64))`` uint64 array, for vectorised Hamming distances."""
+    n_words = max(1, -(-n_bits // 64))
+    data = b"".join(value.to_bytes(8 * n_words, "little") for value in hashes)
+    return np.frombuffer(data, dtype="<u8").reshape(len(hashes), n_words)
+
+
+def _compare_large_bucket(members: list[int], words: np.ndarray, max_distance: int,
+                          found: dict[tuple[int, int], int]) -> None:
+    index = np.asarray(members)
+    block = words[index]
+    for a in range(len(index) - 1):
+        distances = np.bitwise_count(block[a + 1:] ^ block[a]).sum(axis=1)
+        for offset in np.flatnonzero(distances <= max_distance):
+            found[int(index[a]), int(index[a + 1 + offset])] = int(distances[offset])
+
+
 def near_duplicate_pairs(hashes: Sequence[int], max_distance: int,
                          n_bits: int = 256) -> list[tuple[int, int, int]]:
     """All pairs of hashes within ``max_distance`` bits: ``(i, j, distance)`` with ``i < j``, sorted.
 
     Multi-index hashing: the ``n_bits`` are cut into ``max_distance + 1``
     chunks; two hashes within ``max_distance`` bits agree exactly on at least
-    one chunk, so only hashes sharing a chunk value are compared, and each
-    pair is examined in the first chunk they share. The result is exact (the
-    same as comparing all pairs). On photos, buckets are small; images that
-    are mostly plain background share chunks more often and cost more.
+    one chunk, so only hashes sharing a chunk value are compared. The result is
+    exact (the same as comparing all pairs). On photos the buckets are tiny
+    (50,000 random-like hashes take about a second); images that share large
+    plain areas share chunks more often, and big buckets are compared with
+    numpy rather than pair by pair.
     """
     if max_distance < 0:
         raise ValueError("max_distance must be >= 0")
-    n_chunks = min(max_distance + 1, n_bits)
-    masks = _chunk_masks(n_bits, n_chunks)
-    pairs: list[tuple[int, int, int]] = []
+    if max_distance >= n_bits:  # every pair qualifies
+        return [(i, j, hamming(hashes[i], hashes[j])) for i in range(len(hashes))
+                for j in range(i + 1, len(hashes))]
+    masks = _chunk_masks(n_bits, max_distance + 1)
+    words: np.ndarray | None = None
+    large_done: list[set[int]] = []  # members of the large buckets compared so far
+    found: dict[tuple[int, int], int] = {}
     for k, mask in enumerate(masks):
         buckets: dict[int, list[int]] = defaultdict(list)
         for index, value in enumerate(hashes):
             buckets[value & mask].append(index)
         earlier = masks[:k]
         for members in buckets.values():
+            if len(members) > _LARGE_BUCKET:
+                member_set = set(members)
+                if any(member_set <= done for done in large_done):
+                    continue  # every pair was compared in an earlier chunk (plain areas repeat)
+                words = _as_words(hashes, n_bits) if words is None else words
+                _compare_large_bucket(members, words, max_distance, found)
+                large_done.append(member_set)
+                continue
             for a, i in enumerate(members):
                 hi = hashes[i]
                 for j in members[a + 1:]:
                     diff = hi ^ hashes[j]
                     if any(not diff & m for m in earlier):
-                        continue  # already examined in an earlier chunk they share
+                        continue  # examined in an earlier chunk they share
                     distance = diff.bit_count()
                     if distance <= max_distance:
-                        pairs.append((i, j, distance))
-    pairs.sort()
-    return pairs
+                        found[i, j] = distance
+    return sorted((i, j, d) for (i, j), d in found.items())
 
 
 # --------------------------------------------------------------------------- grouping
@@ -292,7 +324,7 @@ class DedupResult:
     unreadable: list[tuple[str, str]]
     groups: list[DuplicateGroup]
     moved: int
-    report_path: Path
+    report_path: Path | None  # None when no near-duplicates were found
     dry_run: bool
     cross_class_action: str
 
@@ -316,7 +348,8 @@ class DedupResult:
             lines.append("  cross-class groups were left in place (dedup_crossClass='report'): "
                          "move the copies under the wrong label by hand")
         verb = "would move" if self.dry_run else "moved"
-        lines.append(f"{verb} {self.moved} files; report: {self.report_path}")
+        report = f"; report: {self.report_path}" if self.report_path else ""
+        lines.append(f"{verb} {self.moved} files{report}")
         if not self.dry_run and self.moved:
             lines.append(f"undo with: python scripts/removeDuplicates.py --undo={self.report_path}")
         return "\n".join(lines)
@@ -393,7 +426,8 @@ def remove_duplicates(images_dir: str | os.PathLike[str], duplicates_dir: str | 
     report_path:
         The CSV report (:data:`REPORT_COLUMNS`); default
         ``duplicates_dir/duplicatesReport_<time>.csv``. It is written before
-        anything moves, so an interrupted run can still be undone from it.
+        anything moves, so an interrupted run can still be undone from it; when
+        there are no near-duplicates none is written.
     cache_path:
         Optional hash cache (see :func:`hash_images`).
 
@@ -410,12 +444,15 @@ def remove_duplicates(images_dir: str | os.PathLike[str], duplicates_dir: str | 
     paths = [p.relative_to(images_dir).as_posix() for p in files]
     hashed, unreadable = hash_images(images_dir, paths, hash_size, cache_path, progress)
     groups = group_duplicates(hashed, max_distance, hash_size)
-    if report_path is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        report_path = _free_target(duplicates_dir / f"duplicatesReport_{stamp}.csv")
-    report_path = Path(report_path)
     rows = _report_rows(groups, cross_class_action, duplicates_dir)
-    _write_report(report_path, rows)
+    if not rows:
+        report_path = None  # nothing found: no report, no duplicates folder
+    else:
+        if report_path is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            report_path = _free_target(duplicates_dir / f"duplicatesReport_{stamp}.csv")
+        report_path = Path(report_path)
+        _write_report(report_path, rows)
     moved = 0
     for row in rows:
         if row["role"] != ROLE_MOVED:

@@ -272,7 +272,7 @@ class HttpClient:
 
     def get(self, url: str, params: Mapping[str, object] | None = None,
             headers: Mapping[str, str] | None = None, guard: bool = True,
-            follow_redirects: bool = True) -> Body:
+            follow_redirects: bool = True, retry_network_errors: bool = False) -> Body:
         """GET ``url`` and read the body; raise :class:`_Failed` with a reason code.
 
         Parameters
@@ -283,9 +283,12 @@ class HttpClient:
         follow_redirects:
             Follow up to :data:`MAX_REDIRECTS` redirects, each checked like the
             first URL. Off for the search API, whose key must not travel on.
+        retry_network_errors:
+            Also retry timeouts and connection errors (for the search API; an
+            image host that does not answer is not worth minutes of retries).
         """
         for _ in range(MAX_REDIRECTS + 1):
-            body = self._get_one(url, params, headers, guard)
+            body = self._get_one(url, params, headers, guard, retry_network_errors)
             location = body.headers.get("Location")
             if not (300 <= body.status < 400 and location and follow_redirects):
                 return body
@@ -293,7 +296,7 @@ class HttpClient:
         raise _Failed("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
 
     def _get_one(self, url: str, params: Mapping[str, object] | None,
-                 headers: Mapping[str, str] | None, guard: bool) -> Body:
+                 headers: Mapping[str, str] | None, guard: bool, retry_network_errors: bool) -> Body:
         problem = host_problem(url, self.policy.allow_private_hosts or not guard)
         if problem:
             raise _Failed(problem, url)
@@ -304,7 +307,7 @@ class HttpClient:
                 body = self._read(url, params, headers)
             except _Failed as failure:
                 transient = failure.reason in ("timeout", "connection_error")
-                if not transient or attempt == self.policy.max_retries:
+                if not (transient and retry_network_errors) or attempt == self.policy.max_retries:
                     raise
                 delay = min(MAX_BACKOFF_SECONDS, 2.0 ** attempt)
                 log.debug("%s: %s, retrying in %.0f s", redact(url, self.secret), failure.reason, delay)
@@ -382,7 +385,7 @@ class BingImageSearch:
         params = {"q": query, "count": count, "offset": offset,
                   **{name: value for name, value in self.options.items() if value}}
         body = self.client.get(self.endpoint, params=params, headers={"Ocp-Apim-Subscription-Key": self._key},
-                               guard=False, follow_redirects=False)
+                               guard=False, follow_redirects=False, retry_network_errors=True)
         text = redact(body.content[:300].decode("utf-8", "replace"), self._key)
         if body.status in (401, 403):
             raise ScrapeError(f"the search endpoint {self.endpoint} refused the key (HTTP {body.status}): "
@@ -589,7 +592,7 @@ class Scraper:
         """Download one result (or skip it) and record the outcome in the manifest and ``summary``."""
         url = result.content_url
         target = self.images_dir / query.label / file_name_for_url(url)
-        if (query.label, url) in self._good and (self.images_dir / self._good[query.label, url]).exists():
+        if (query.label, url) in self._good:  # even if the file was since moved (dedup) or deleted
             summary.already_had += 1
             return
         if url in self._bad:
