@@ -205,12 +205,19 @@ def _as_words(hashes: Sequence[int], n_bits: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<u8").reshape(len(hashes), n_words)
 
 
+def _popcount_rows(words: np.ndarray) -> np.ndarray:
+    """Set bits per row of a uint64 array (``np.bitwise_count`` needs numpy >= 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+    return np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=1).sum(axis=1, dtype=np.int64)
+
+
 def _compare_large_bucket(members: list[int], words: np.ndarray, max_distance: int,
                           found: dict[tuple[int, int], int]) -> None:
     index = np.asarray(members)
     block = words[index]
     for a in range(len(index) - 1):
-        distances = np.bitwise_count(block[a + 1:] ^ block[a]).sum(axis=1)
+        distances = _popcount_rows(block[a + 1:] ^ block[a])
         for offset in np.flatnonzero(distances <= max_distance):
             found[int(index[a]), int(index[a + 1 + offset])] = int(distances[offset])
 
