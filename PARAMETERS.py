@@ -80,3 +80,21 @@ scrape_maxRetries = 4            # on HTTP 429 and 5xx, waiting Retry-After (els
 dedup_hashSize = 16              # dhash of hash_size x hash_size bits
 dedup_maxDistance = 16           # max differing bits of 256 (measured: docs/scraping.md); 0 = identical only
 dedup_crossClass = "keepOne"     # same image under 2 classes: 'keepOne' | 'moveAll' | 'report'
+
+# --- Deployment (scripts 6-7) --------------------------------------------------
+# scripts/6_deploy.py serves the trained model over HTTP (REST API + a web page at /).
+# If the environment variable IMGCLASS_API_KEY is set, requests need the header
+# 'Authorization: Bearer <key>' (the key is never written to a file or a log).
+deploy_host = "127.0.0.1"        # '0.0.0.0' = every network interface (e.g. inside a container)
+deploy_port = 8000
+deploy_maxRequestBytes = 20_000_000   # larger requests are refused (HTTP 413)
+deploy_maxImages = 16            # more images in one request are refused (HTTP 413)
+deploy_topK = 5                  # labels returned per image by /predict and the web page
+# scripts/6_callWebservice.py: the client.
+deploy_url = ""                  # '' = http://<deploy_host>:<deploy_port>
+deploy_clientImage = ""          # '' = a bundled demo image
+deploy_clientRepeats = 10        # requests sent, to time the round trip
+# scripts/7_batchScore.py: classify every image under a folder into a CSV and a SQLite table.
+batch_inputDir = ""              # '' = images/<datasetName>/ ; relative paths: from the current folder
+batch_outputCsv = ""             # '' = results/<datasetName>/batchScores.csv
+batch_database = ""              # '' = results/<datasetName>/batchScores.sqlite

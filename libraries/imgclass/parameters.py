@@ -250,6 +250,27 @@ class Parameters:
                                               "'report' (move none)",
                                    choices=("keepOne", "moveAll", "report"))
 
+    # --- deployment: REST service, client and batch scoring (scripts 6-7) ---
+    deploy_host: str = _param("127.0.0.1", "address the service listens on ('0.0.0.0' = every network "
+                                           "interface, e.g. inside a container)")
+    deploy_port: int = _param(8000, "TCP port of the service",
+                              check=lambda v: None if 1 <= v <= 65535 else "must be between 1 and 65535")
+    deploy_maxRequestBytes: int = _param(20_000_000, "larger request bodies are refused with HTTP 413",
+                                         check=_positive)
+    deploy_maxImages: int = _param(16, "more images in one request are refused with HTTP 413", check=_positive)
+    deploy_topK: int = _param(5, "labels returned per image by /predict (and shown by the web page)",
+                              check=_positive)
+    deploy_url: str = _param("", "service the client script calls ('' = http://<deploy_host>:<deploy_port>)",
+                             check=lambda v: None if v == "" else _http_url(v))
+    deploy_clientImage: str = _param("", "image the client script sends ('' = a bundled demo image)")
+    deploy_clientRepeats: int = _param(10, "requests the client script sends, to time round trips",
+                                       check=_positive)
+    batch_inputDir: str = _param("", "folder whose images (recursively) script 7 classifies "
+                                     "('' = images/<datasetName>/)")
+    batch_outputCsv: str = _param("", "CSV written by script 7 ('' = results/<datasetName>/batchScores.csv)")
+    batch_database: str = _param("", "SQLite database script 7 adds its rows to "
+                                     "('' = results/<datasetName>/batchScores.sqlite)")
+
     # --- not user parameters: where the values came from -------------------
     parametersFile: str = field(default="", metadata={"internal": True})
 

@@ -1,0 +1,460 @@
+"""The REST service and web page of a trained model (step 6): :func:`create_app`.
+
+One :class:`~imgclass.predict.Predictor` is loaded once by the caller and
+shared by every request; its forward pass runs under a lock, decoding runs in
+worker threads, so concurrent requests are safe. The app needs no network to
+be built or tested (``scripts/6_deploy.py`` runs it under uvicorn).
+
+Endpoints (the OpenAPI document is at ``/openapi.json``, browsable at ``/docs``):
+
+``POST /score``
+    The original tutorial's request, ``{"input_df": [{"image base64 string": "<b64>"}, ...]}``.
+    The response is JSON (not a JSON string inside JSON): ``label``, ``score``,
+    ``allScores`` (one probability per class id), ``Id2Labels`` and
+    ``executionTimeMs`` describe the first row, so the original client works
+    unchanged; ``results`` lists every row in order.
+``POST /predict``
+    Images as multipart file fields, or JSON ``{"images": ["<b64>", ...]}``;
+    per image the ``top_k`` labels with calibrated probabilities.
+``GET /health``, ``GET /labels``; ``GET /`` is the web page.
+
+Errors are JSON ``{"detail": "<what is wrong>"}``: 400 bad payload (not JSON,
+not base64, not a decodable image, no image), 401 missing or wrong API key,
+413 request larger than ``max_request_bytes`` or more than ``max_images``
+images, 415 wrong content type.
+
+The API key (``IMGCLASS_API_KEY``) guards ``/score``, ``/predict`` and
+``/labels``; ``/health``, the page and the OpenAPI document stay open so that
+probes and browsers can reach them. The key is compared in constant time and
+never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgclass.images import UnreadableImageError, decode_image_bytes
+from imgclass.parameters import Parameters
+
+#: Environment variable holding the API key; unset or empty = no key required.
+API_KEY_ENV = "IMGCLASS_API_KEY"
+#: Folder of the web page (plain HTML/JS/CSS, shipped as package data).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The original client's field name for a base64 image in each ``input_df`` row.
+SCORE_IMAGE_FIELD = "image base64 string"
+
+
+class ImagePredictor(Protocol):
+    """What the service needs of a model (:class:`imgclass.predict.Predictor` has it)."""
+
+    model_name: str
+    model_version: str
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    def predict(self, images: Sequence[Image.Image]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Limits and access control of the service.
+
+    Parameters
+    ----------
+    max_request_bytes:
+        Larger request bodies are refused with 413 (checked on Content-Length
+        and while the body streams in).
+    max_images:
+        More images in one request are refused with 413.
+    top_k:
+        Default number of labels per image returned by ``/predict``.
+    api_key:
+        If set, ``Authorization: Bearer <api_key>`` is required (401 otherwise).
+        Kept out of ``repr`` so that it cannot end up in a log.
+    """
+
+    max_request_bytes: int = 20_000_000
+    max_images: int = 16
+    top_k: int = 5
+    api_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_parameters(cls, params: Parameters, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
+        """Settings from ``deploy_*`` parameters; the key from ``$IMGCLASS_API_KEY``."""
+        environ = os.environ if environ is None else environ
+        return cls(max_request_bytes=params.deploy_maxRequestBytes, max_images=params.deploy_maxImages,
+                   top_k=params.deploy_topK, api_key=environ.get(API_KEY_ENV) or None)
+
+
+# --------------------------------------------------------------------------- request / response schemas
+class ScoreRow(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    image_base64: str = Field(alias=SCORE_IMAGE_FIELD, description="base64 PNG or JPEG (a data: URL is accepted)")
+
+
+class ScoreRequest(BaseModel):
+    input_df: list[ScoreRow] = Field(description="one row per image, as in the original tutorial")
+
+
+class PredictJsonRequest(BaseModel):
+    images: list[str] = Field(description="base64 PNG or JPEG images (data: URLs accepted)")
+
+
+class ScoreResult(BaseModel):
+    label: str = Field(description="most probable class")
+    score: float = Field(description="its calibrated probability")
+    allScores: list[float] = Field(description="probability of every class, indexed by class id (sum 1)")
+
+
+class ScoreResponse(ScoreResult):
+    Id2Labels: dict[str, str] = Field(description="class id (as a string) -> label")
+    executionTimeMs: float = Field(description="server time to decode and classify the request's images")
+    results: list[ScoreResult] = Field(description="every input_df row in order; the top-level fields "
+                                                   "repeat the first row's")
+    model_name: str
+    model_version: str
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    index: int = Field(description="position of the image in the request")
+    filename: str | None = Field(description="the uploaded file's name (multipart only)")
+    label: str = Field(description="most probable class")
+    probability: float
+    top_k: list[LabelProbability] = Field(description="the most probable labels, best first; the "
+                                                      "probabilities of all classes sum to 1")
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    executionTimeMs: float
+    predictions: list[ImagePrediction]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_name: str
+    model_version: str
+    num_labels: int
+    api_key_required: bool
+
+
+class LabelsResponse(BaseModel):
+    labels: list[str]
+    Id2Labels: dict[str, str]
+    model_name: str
+    model_version: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+def _json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+
+
+# --------------------------------------------------------------------------- request size limit
+class RequestTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than the limit of {limit} bytes")
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes``, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await JSONResponse({"detail": "invalid Content-Length header"}, 400)(scope, receive, send)
+                    return
+                if declared > self.max_bytes:
+                    response = JSONResponse({"detail": str(RequestTooLarge(self.max_bytes).detail)}, 413,
+                                            headers={"Connection": "close"})
+                    await response(scope, receive, send)
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+# --------------------------------------------------------------------------- decoding and classifying
+def decode_base64_image(text: str, source: str) -> bytes:
+    """The bytes of a base64 image string (plain, or a ``data:...;base64,`` URL); 400 if not base64."""
+    if not isinstance(text, str):
+        raise HTTPException(400, f"{source} must be a base64 string")
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(400, f"{source} is not valid base64: {exc}") from None
+
+
+def _decode_all(blobs: Sequence[tuple[str, bytes]], draft_size: tuple[int, int] | None) -> list[Image.Image]:
+    images = []
+    for source, data in blobs:
+        try:
+            images.append(decode_image_bytes(data, source, draft_size=draft_size))
+        except UnreadableImageError as exc:
+            raise HTTPException(400, str(exc)) from None
+    return images
+
+
+def _validation_message(exc: ValidationError | RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "request"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems)
+
+
+def _require_content_type(request: Request, allowed: Sequence[str]) -> str:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in allowed:
+        raise HTTPException(415, f"content type {content_type or '(none)'!r} is not accepted; "
+                                 f"send {' or '.join(allowed)}")
+    return content_type
+
+
+async def _read_json(request: Request, model: type[BaseModel]) -> Any:
+    body = await request.body()
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"request body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise HTTPException(400, f"unexpected JSON: {_validation_message(exc)}") from None
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (see the module docstring for the endpoints).
+
+    Parameters
+    ----------
+    predictor:
+        A loaded model, e.g. ``Predictor.from_layout(layout)``; shared by all requests.
+    settings:
+        Limits and API key (default: :class:`ServiceSettings` defaults, no key).
+    """
+    settings = settings or ServiceSettings()
+    labels = list(predictor.labels)
+    id2labels = {str(i): label for i, label in enumerate(labels)}
+    transform = getattr(predictor, "transform", None)
+    draft_size = getattr(transform, "draft_size", None)
+
+    app = FastAPI(
+        title="imgclass",
+        version=str(predictor.model_version),
+        summary=f"Image classification with {predictor.model_name}",
+        description="Classify images with a pretrained DNN + linear SVM. Send `Authorization: Bearer <key>` "
+                    "to /score, /predict and /labels when the server has an API key.",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=400)
+
+    bearer = HTTPBearer(auto_error=False, description="the server's IMGCLASS_API_KEY, when it has one")
+
+    def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.api_key is None:
+            return
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, settings.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def classify(blobs: list[tuple[str, bytes]]) -> tuple[np.ndarray, float]:
+        """Decode and classify (in a worker thread): probabilities ``(N, K)`` and milliseconds."""
+        start = time.perf_counter()
+        images = _decode_all(blobs, draft_size)
+        probabilities = np.asarray(predictor.predict(images).probabilities, dtype=np.float64)
+        return probabilities, (time.perf_counter() - start) * 1000.0
+
+    def check_count(count: int, what: str) -> None:
+        if count == 0:
+            raise HTTPException(400, f"no image in the request: {what}")
+        if count > settings.max_images:
+            raise HTTPException(413, f"{count} images in one request; the limit is {settings.max_images}")
+
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse, "description": text}
+        for code, text in [(400, "bad payload: not JSON, not base64, not a decodable image, no image"),
+                           (401, "missing or wrong API key"),
+                           (413, "request too large or too many images"),
+                           (415, "wrong content type")]}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/health", response_model=HealthResponse, tags=["service"])
+    def health() -> HealthResponse:
+        """Liveness: the model is loaded. Needs no API key."""
+        return HealthResponse(status="ok", model_name=predictor.model_name, model_version=predictor.model_version,
+                              num_labels=len(labels), api_key_required=settings.api_key is not None)
+
+    @app.get("/labels", response_model=LabelsResponse, tags=["model"], dependencies=[Depends(require_api_key)],
+             responses={401: errors[401]})
+    def get_labels() -> LabelsResponse:
+        """The classes the model knows, in class-id order."""
+        return LabelsResponse(labels=labels, Id2Labels=id2labels, model_name=predictor.model_name,
+                              model_version=predictor.model_version)
+
+    @app.post("/score", response_model=ScoreResponse, tags=["model"], dependencies=[Depends(require_api_key)],
+              responses=errors,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": _json_body_schema(ScoreRequest)}}}})
+    async def score(request: Request) -> ScoreResponse:
+        """The original tutorial's scoring call: base64 images in ``input_df`` rows."""
+        _require_content_type(request, ["application/json"])
+        body: ScoreRequest = await _read_json(request, ScoreRequest)
+        check_count(len(body.input_df), "input_df is empty")
+        blobs = [(f"input_df[{i}]", decode_base64_image(row.image_base64, f"input_df[{i}]['{SCORE_IMAGE_FIELD}']"))
+                 for i, row in enumerate(body.input_df)]
+        probabilities, milliseconds = await run_in_threadpool(classify, blobs)
+        results = [ScoreResult(label=labels[int(np.argmax(p))], score=float(np.max(p)), allScores=p.tolist())
+                   for p in probabilities]
+        first = results[0]
+        return ScoreResponse(label=first.label, score=first.score, allScores=first.allScores, Id2Labels=id2labels,
+                             executionTimeMs=milliseconds, results=results, model_name=predictor.model_name,
+                             model_version=predictor.model_version)
+
+    @app.post("/predict", response_model=PredictResponse, tags=["model"],
+              dependencies=[Depends(require_api_key)], responses=errors,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": _json_body_schema(PredictJsonRequest)},
+                  "multipart/form-data": {"schema": {
+                      "type": "object", "required": ["images"],
+                      "properties": {"images": {"type": "array",
+                                                "items": {"type": "string", "format": "binary"}}}}}}}})
+    async def predict(request: Request,
+                      top_k: int | None = Query(None, ge=1, description="labels per image (default: the "
+                                                                         "server's deploy_topK)")) -> PredictResponse:
+        """Top-k labels with calibrated probabilities for one or more images.
+
+        Send the images as multipart file fields (any field name; ``images`` by
+        convention) or as JSON ``{"images": ["<base64>", ...]}``.
+        """
+        content_type = _require_content_type(request, ["multipart/form-data", "application/json"])
+        names: list[str | None]
+        if content_type == "application/json":
+            body: PredictJsonRequest = await _read_json(request, PredictJsonRequest)
+            check_count(len(body.images), "'images' is empty")
+            blobs = [(f"images[{i}]", decode_base64_image(text, f"images[{i}]")) for i, text in enumerate(body.images)]
+            names = [None] * len(blobs)
+        else:
+            async with request.form() as form:
+                uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+                check_count(len(uploads), "send the images as multipart file fields named 'images'")
+                names = [upload.filename for upload in uploads]
+                blobs = [(f"file {upload.filename or i!r}", await upload.read()) for i, upload in enumerate(uploads)]
+        probabilities, milliseconds = await run_in_threadpool(classify, blobs)
+        k = max(1, min(top_k or settings.top_k, len(labels)))
+        predictions = []
+        for index, (name, p) in enumerate(zip(names, probabilities)):
+            order = np.argsort(-p, kind="stable")[:k]
+            ranked = [LabelProbability(label=labels[j], probability=float(p[j])) for j in order]
+            predictions.append(ImagePrediction(index=index, filename=name, label=ranked[0].label,
+                                               probability=ranked[0].probability, top_k=ranked))
+        return PredictResponse(model_name=predictor.model_name, model_version=predictor.model_version,
+                               executionTimeMs=milliseconds, predictions=predictions)
+
+    return app
+
+
+@contextlib.contextmanager
+def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
+                        log_level: str = "warning") -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread; yield its base URL, stop on exit.
+
+    ``port=0`` picks a free port (the socket is bound before uvicorn starts, so
+    there is no race). For tests, benchmarks and notebooks; scripts/6_deploy.py
+    runs uvicorn in the foreground instead.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", server_header=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="imgclass-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        bound_port = sock.getsockname()[1]
+        yield f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def describe_settings(settings: ServiceSettings) -> str:
+    """One line for the server log; says whether a key is required, never the key."""
+    key = f"required (from ${API_KEY_ENV})" if settings.api_key else f"not required (${API_KEY_ENV} unset)"
+    return (f"max request {settings.max_request_bytes} bytes, max {settings.max_images} images per request, "
+            f"top {settings.top_k} labels; API key {key}")
+
+
+__all__ = ["API_KEY_ENV", "ServiceSettings", "create_app", "describe_settings", "decode_base64_image",
+           "BodySizeLimit", "STATIC_DIR", "SCORE_IMAGE_FIELD", "serve_in_background"]
