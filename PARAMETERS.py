@@ -34,6 +34,10 @@ rf_momentumPerMb = 0.9
 rf_l2RegWeight = 0.0005
 rf_boFreezeWeights = False       # True: train only the new last layer
 rf_boBalanceTrainingSet = False  # True: draw every class equally often
+rf_validationFraction = 0.1      # of the TRAINING set, held out to pick the best epoch (never the test set)
+rf_augRandomCrop = True          # training augmentation: pad with a margin, random crop
+rf_augHorizontalFlip = True      # training augmentation: random left-right flip
+rf_augColorJitter = 0.2          # training augmentation: brightness/contrast/saturation strength; 0 = off
 
 # --- Linear SVM ---------------------------------------------------------------
 svm_CVals = [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100]   # C is chosen by cross-validation on the training set

@@ -14,7 +14,8 @@ from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import prepare_data
 
-USED = ["datasetName", "rootDir", "ratioTrainTest", "imagesSplitBy", "randomSeed"]
+USED = ["datasetName", "rootDir", "ratioTrainTest", "imagesSplitBy", "randomSeed", "dedup_hashSize",
+        "dedup_maxDistance"]
 
 
 def main(argv: list[str]) -> None:
@@ -34,6 +35,15 @@ def main(argv: list[str]) -> None:
     n_train = sum(c["train"] for c in report.counts.values())
     n_test = sum(c["test"] for c in report.counts.values())
     print(f"{'total':24s} {n_train:6d} {n_test:6d}   ({len(report.labels)} classes; train and test are disjoint)")
+    if report.straddling_duplicates:
+        pairs = report.straddling_duplicates
+        print(f"WARNING: {len(pairs)} near-duplicate pair(s) straddle train and test (dhash distance <= "
+              f"{params.dedup_maxDistance}); they make the test accuracy optimistic. "
+              "Run scripts/removeDuplicates.py, then this script again.")
+        for pair in pairs[:20]:
+            print(f"  train {pair.train_path}  ~  test {pair.test_path}  (distance {pair.distance})")
+        if len(pairs) > 20:
+            print(f"  ... and {len(pairs) - 20} more")
     print(f"Wrote {layout.split_csv} and {layout.labels_json}")
 
 

@@ -12,12 +12,15 @@ from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import train_classifier
 
-USED = ["datasetName", "rootDir", "svm_CVals", "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed"]
+USED = ["datasetName", "rootDir", "classifier", "svm_CVals", "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed"]
 
 
 def main(argv: list[str]) -> None:
     params = parse_command_line(argv, USED, __doc__)
     model = train_classifier(params)
+    if model is None:
+        print("classifier='dnn': the refined DNN is the classifier; no SVM to train. Next: scripts/5_evaluate.py")
+        return
     print(f"{'C':>10s} {'CV acc':>8s} {'train acc':>10s} {'test acc':>9s} {'time (s)':>9s}")
     for row, cv_time in zip(model.per_C, model.search.cv_seconds):
         marker = "  <- chosen" if row["C"] == model.C else ""

@@ -81,3 +81,21 @@ def test_steps_out_of_order_say_what_to_run(tmp_path: Path) -> None:
         featurize_dataset(params)
     with pytest.raises(MissingArtifactError, match="3_runDNN"):
         train_classifier(params)
+
+
+def test_step_1_warns_about_near_duplicates_across_train_and_test(tmp_path: Path) -> None:
+    images = tmp_path / "images" / "dups"
+    make_dataset(images, {"a": 8, "b": 8}, size=(160, 120))
+    for i in range(8):  # a resized, recompressed copy of every 'a' image: some pairs must straddle the split
+        with Image.open(images / "a" / f"img_{i:02d}.jpg") as original:
+            original.resize((120, 90)).save(images / "a" / f"copy_{i:02d}.jpg", quality=60)
+    params = load_parameters(rootDir=str(tmp_path), datasetName="dups")
+    report = prepare_data(params)
+    assert report.straddling_duplicates
+    split_of = {r.path: r.split for r in report.rows}
+    for pair in report.straddling_duplicates:
+        assert split_of[pair.train_path] == "train" and split_of[pair.test_path] == "test"
+        assert {pair.train_path[-6:], pair.test_path[-6:]} == {pair.train_path[-6:]}  # same image number
+    result = subprocess.run([PYTHON, "scripts/1_prepareData.py", f"--rootDir={tmp_path}", "--datasetName=dups"],
+                            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "WARNING" in result.stdout and "straddle train and test" in result.stdout

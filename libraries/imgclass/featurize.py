@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -34,14 +35,43 @@ from imgclass.runtime import autocast
 CHECKPOINT_FORMAT = "imgclass-featurizer-1"
 
 
+OUTPUTS = ("features", "logits")
+
+
 @dataclass
 class Featurizer:
-    """A feature extractor and the preprocessing its inputs need."""
+    """A feature extractor, the preprocessing its inputs need, and optionally a trained head.
+
+    A refined network (step 2 with ``classifier='dnn'`` or ``'svmDnnRefined'``)
+    keeps its new last layer in ``head`` with the class names in ``labels``;
+    ``output`` says whether step 3 stores the penultimate ``'features'`` or
+    the head's class scores (``'logits'``).
+    """
 
     extractor: FeatureExtractor
     resize_mode: str
-    #: where the weights came from (a file path, or 'random initialisation')
+    #: where the weights came from (a file path, 'random initialisation', or the refinement run)
     source: str
+    head: nn.Linear | None = None
+    labels: list[str] | None = None
+    output: str = "features"
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output == "logits" and (self.head is None or not self.labels):
+            raise ValueError("output='logits' needs a head and its labels")
+
+    @property
+    def network(self) -> nn.Module:
+        """The module step 3 runs: the extractor, or extractor + head for class scores."""
+        if self.output == "logits":
+            return nn.Sequential(self.extractor, self.head).eval()
+        return self.extractor
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.labels or []) if self.output == "logits" else self.extractor.feature_dim
 
     @property
     def transform(self) -> EvalTransform:
@@ -50,14 +80,16 @@ class Featurizer:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description, stored with every artifact made from these features."""
-        return {**self.extractor.recipe(), "resize_mode": self.resize_mode, "source": self.source}
+        return {**self.extractor.recipe(), "resize_mode": self.resize_mode, "source": self.source,
+                "output": self.output, "output_dim": self.output_dim, "labels": self.labels}
 
     def save(self, path: Path) -> None:
         """Save as a checkpoint dict of plain values and tensors (loadable with weights_only=True)."""
         from imgclass.atomic import atomic_path
 
         checkpoint = {"format": CHECKPOINT_FORMAT, **self.describe(),
-                      "state_dict": self.extractor.state_dict()}
+                      "state_dict": self.extractor.state_dict(),
+                      "head_state_dict": None if self.head is None else self.head.state_dict()}
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
@@ -70,7 +102,14 @@ class Featurizer:
             raise MissingArtifactError(f"{path} is not a featurizer checkpoint; re-run scripts/2_refineDNN.py")
         extractor = build_feature_extractor(checkpoint["backbone"], checkpoint["resolution"])
         extractor.load_state_dict(checkpoint["state_dict"], strict=True)
-        return cls(extractor.eval(), checkpoint["resize_mode"], checkpoint["source"])
+        head = None
+        if checkpoint.get("head_state_dict") is not None:
+            weight = checkpoint["head_state_dict"]["weight"]
+            head = nn.Linear(weight.shape[1], weight.shape[0])
+            head.load_state_dict(checkpoint["head_state_dict"], strict=True)
+            head.eval()
+        return cls(extractor.eval(), checkpoint["resize_mode"], checkpoint["source"], head,
+                   checkpoint.get("labels"), checkpoint.get("output", "features"))
 
 
 class ImageFileDataset(Dataset):

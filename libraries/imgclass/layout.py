@@ -61,6 +61,20 @@ class DatasetLayout:
         """Checkpoint of the network used by step 3 (torch state dict + its recipe)."""
         return self.proc_dir / "featurizer.pth"
 
+    @property
+    def refinement_checkpoint(self) -> Path:
+        """Refinement state after the last finished epoch (model, optimizer, history, best weights)."""
+        return self.proc_dir / "refinement_checkpoint.pth"
+
+    @property
+    def training_csv(self) -> Path:
+        """Per refinement epoch: learning rate, training loss/error, validation loss/error, seconds."""
+        return self.results_dir / "dnnTraining.csv"
+
+    @property
+    def training_png(self) -> Path:
+        return self.results_dir / "dnnTraining.png"
+
     # --- step 3: features -------------------------------------------------------
     @property
     def features_npy(self) -> Path:

@@ -173,6 +173,13 @@ class Parameters:
     rf_l2RegWeight: float = _param(0.0005, "L2 weight decay", check=_non_negative)
     rf_boFreezeWeights: bool = _param(False, "train only the new head, keep the backbone fixed")
     rf_boBalanceTrainingSet: bool = _param(False, "resample so every class is drawn equally often")
+    rf_validationFraction: float = _param(0.1, "part of the TRAINING set held out to pick the best epoch "
+                                               "(0 = keep the last epoch)",
+                                          check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    rf_augRandomCrop: bool = _param(True, "augmentation: scale and pad with a margin, then a random crop")
+    rf_augHorizontalFlip: bool = _param(True, "augmentation: random left-right flips")
+    rf_augColorJitter: float = _param(0.2, "augmentation: brightness/contrast/saturation jitter strength "
+                                           "(0 = off)", check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
 
     # --- SVM ----------------------------------------------------------------
     svm_CVals: list[float] = _param([1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],

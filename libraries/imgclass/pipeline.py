@@ -14,17 +14,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import joblib
 import numpy as np
 
 from imgclass.atomic import atomic_path, write_json, write_text
 from imgclass.backbones import load_pretrained_extractor
+from imgclass.dedup import StraddlingPair, find_straddling_duplicates, hash_cache_path
 from imgclass.errors import ImgClassError, MissingArtifactError
 from imgclass.featurize import FeatureWriter, Featurizer, ImageFileDataset, extract_features
 from imgclass.layout import DatasetLayout, require
 from imgclass.parameters import Parameters
+from imgclass.refine import RefineConfig, RefineResult, refine
 from imgclass.runtime import default_workers, resolve_device, resolve_precision
 from imgclass.splits import (TEST, TRAIN, SplitRow, counts_per_class, list_dataset, read_dedicated_test_images,
                              read_split, split_dataset, write_split)
@@ -39,10 +41,16 @@ class PrepareReport:
     counts: dict[str, dict[str, int]]
     skipped_files: list[str]
     used_dedicated_test_file: bool
+    #: near-duplicate images that the split put on both sides (they inflate the test accuracy)
+    straddling_duplicates: list[StraddlingPair] = field(default_factory=list)
 
 
 def prepare_data(params: Parameters) -> PrepareReport:
-    """Step 1: list ``images/<ds>/``, split each class, write ``split.csv`` and ``labels.json``."""
+    """Step 1: list ``images/<ds>/``, split each class, write ``split.csv`` and ``labels.json``.
+
+    Also looks for near-duplicates (dhash, ``dedup_*`` parameters) that the
+    split puts into both training and test; hashes are cached in ``proc/<ds>/``.
+    """
     layout = DatasetLayout.from_parameters(params)
     listing = list_dataset(layout.images_dir)
     dedicated = None
@@ -50,7 +58,11 @@ def prepare_data(params: Parameters) -> PrepareReport:
         dedicated = read_dedicated_test_images(layout.dedicated_test_tsv, listing)
     rows = split_dataset(listing, params.ratioTrainTest, params.randomSeed, params.imagesSplitBy, dedicated)
     write_split(rows, listing.labels, layout.split_csv, layout.labels_json)
-    return PrepareReport(rows, listing.labels, counts_per_class(rows), listing.skipped_files, dedicated is not None)
+    straddling = find_straddling_duplicates(((r.path, r.split) for r in rows), layout.images_dir,
+                                            params.dedup_hashSize, params.dedup_maxDistance,
+                                            hash_cache_path(layout, params.dedup_hashSize))
+    return PrepareReport(rows, listing.labels, counts_per_class(rows), listing.skipped_files, dedicated is not None,
+                         straddling)
 
 
 def read_labels(layout: DatasetLayout) -> list[str]:
@@ -58,17 +70,61 @@ def read_labels(layout: DatasetLayout) -> list[str]:
 
 
 # --- step 2 -------------------------------------------------------------------------------
-def build_featurizer(params: Parameters, pretrained: bool = True) -> Featurizer:
-    """Step 2 for ``classifier='svm'``: the pretrained backbone as a fixed featurizer, saved."""
-    if params.classifier != "svm":
-        raise ImgClassError(f"classifier='{params.classifier}' needs DNN refinement, which is not "
-                            "available yet; use classifier='svm'")
+@dataclass
+class BuildReport:
+    featurizer: Featurizer
+    refinement: RefineResult | None = None
+
+
+def build_featurizer(params: Parameters, pretrained: bool = True, progress: bool = True,
+                     log: Callable[[str], None] = print,
+                     on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> BuildReport:
+    """Step 2: the network step 3 runs, saved as ``featurizer.pth``.
+
+    ``classifier='svm'``: the pretrained backbone, fixed. ``'dnn'`` and
+    ``'svmDnnRefined'``: the backbone refined on the training images (see
+    :mod:`imgclass.refine`); ``'dnn'`` then outputs class scores, and
+    ``'svmDnnRefined'`` the refined penultimate features for the SVM.
+    """
     layout = DatasetLayout.from_parameters(params)
+    config = RefineConfig.from_parameters(params)  # bad rf_* values fail here, before any work
+    if params.classifier == "dnn" and config.max_epochs == 0:
+        raise ImgClassError("classifier='dnn' needs refinement: set rf_maxEpochs >= 1")
     extractor, source = load_pretrained_extractor(params.rf_pretrainedModelFilename, params.rf_inputResolution,
                                                   pretrained=pretrained)
-    featurizer = Featurizer(extractor, params.rf_resizeMode, source)
+    if params.classifier == "svm" or config.max_epochs == 0:
+        featurizer = Featurizer(extractor, params.rf_resizeMode, source)
+        featurizer.save(layout.featurizer_pth)
+        return BuildReport(featurizer)
+
+    rows = [r for r in read_split(require(layout.split_csv, "scripts/1_prepareData.py")) if r.split == TRAIN]
+    labels = read_labels(layout)
+    label_ids = {label: i for i, label in enumerate(labels)}
+    device = resolve_device(params.run_device)
+    result = refine(extractor, params.rf_resizeMode, config, [layout.images_dir / r.path for r in rows],
+                    [label_ids[r.label] for r in rows], labels, layout.refinement_checkpoint, device,
+                    resolve_precision(params.run_precision, device),
+                    default_workers(params.run_workers, device), progress, log, on_epoch_end)
+    _write_training_log(result.history, layout)
+    model = result.model
+    featurizer = Featurizer(model.extractor, params.rf_resizeMode,
+                            f"{source}, refined {len(result.history)} epochs, best epoch {result.best_epoch}",
+                            model.head, labels, "logits" if params.classifier == "dnn" else "features")
     featurizer.save(layout.featurizer_pth)
-    return featurizer
+    return BuildReport(featurizer, result)
+
+
+def _write_training_log(history: list[dict[str, float]], layout: DatasetLayout) -> None:
+    from imgclass import plots
+
+    columns = ["epoch", "learning_rate", "train_loss", "train_error", "validation_loss", "validation_error",
+               "seconds"]
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerow(columns)
+    out.writerows([row[c] for c in columns] for row in history)
+    write_text(layout.training_csv, buffer.getvalue())
+    plots.plot_training_curves(history, layout.training_png)
 
 
 # --- step 3 -------------------------------------------------------------------------------
@@ -93,8 +149,8 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     workers = default_workers(params.run_workers, device)
     dataset = ImageFileDataset([layout.images_dir / r.path for r in rows], featurizer.transform)
     start = time.perf_counter()
-    with FeatureWriter(layout.features_npy, len(rows), featurizer.extractor.feature_dim) as writer:
-        failures = extract_features(featurizer.extractor, dataset, writer, params.run_mbSize, device, dtype,
+    with FeatureWriter(layout.features_npy, len(rows), featurizer.output_dim) as writer:
+        failures = extract_features(featurizer.network, dataset, writer, params.run_mbSize, device, dtype,
                                     workers, progress)
     seconds = time.perf_counter() - start
     failed = {index for index, _ in failures}
@@ -107,7 +163,7 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     write_json(layout.features_json, {**featurizer.describe(), "classifier": params.classifier,
                                       "precision": precision, "n_images": len(rows),
                                       "n_unreadable": len(failures)})
-    return FeaturizeReport(len(rows), featurizer.extractor.feature_dim,
+    return FeaturizeReport(len(rows), featurizer.output_dim,
                            [(rows[i].path, message) for i, message in sorted(failures)],
                            seconds, str(device), precision, workers)
 
@@ -147,11 +203,28 @@ def load_features(layout: DatasetLayout) -> FeatureTable:
                         np.array([label_ids[r.label] for r in rows], dtype=np.int64), labels, metadata)
 
 
+def load_features_for(params: Parameters) -> FeatureTable:
+    """Step 3's output, checked to be what ``params.classifier`` needs (class scores or features)."""
+    table = load_features(DatasetLayout.from_parameters(params))
+    output = table.featurizer.get("output", "features")
+    wanted = "logits" if params.classifier == "dnn" else "features"
+    if output != wanted:
+        made_for = "classifier='dnn'" if output == "logits" else "classifier='svm' or 'svmDnnRefined'"
+        raise MissingArtifactError(f"the stored features were made for {made_for}, but classifier="
+                                   f"'{params.classifier}': re-run scripts 2 and 3 with the current parameters")
+    return table
+
+
 # --- step 4 -------------------------------------------------------------------------------
-def train_classifier(params: Parameters) -> TrainedSvm:
-    """Step 4: choose C by CV on the training features, fit, save ``svm.joblib`` + ``svm.json``."""
+def train_classifier(params: Parameters) -> TrainedSvm | None:
+    """Step 4: choose C by CV on the training features, fit, save ``svm.joblib`` + ``svm.json``.
+
+    Returns None for ``classifier='dnn'``: the refined network is the classifier.
+    """
     layout = DatasetLayout.from_parameters(params)
-    table = load_features(layout)
+    table = load_features_for(params)
+    if params.classifier == "dnn":
+        return None
     X_train, y_train, _ = table.subset(TRAIN)
     X_test, y_test, _ = table.subset(TEST)
     if len(y_train) == 0:
@@ -184,20 +257,28 @@ def evaluate(params: Parameters) -> EvaluationReport:
     from imgclass import plots
 
     layout = DatasetLayout.from_parameters(params)
-    table = load_features(layout)
-    model = load_classifier(layout)
-    if model.labels != table.labels:
-        raise MissingArtifactError("the SVM was trained on other labels than the current split; "
-                                   "re-run scripts/4_trainSVM.py")
+    table = load_features_for(params)
     X_test, y_test, test_rows = table.subset(TEST)
     if len(y_test) == 0:
         raise ImgClassError("no readable test images to evaluate")
-    scores = model.decision_scores(X_test)
+    if params.classifier == "dnn":
+        if table.featurizer.get("labels") != table.labels:
+            raise MissingArtifactError("the refined DNN was trained on other labels than the current split; "
+                                       "re-run scripts 2 and 3")
+        scores = softmax(X_test)
+        C = None
+    else:
+        model = load_classifier(layout)
+        if model.labels != table.labels:
+            raise MissingArtifactError("the SVM was trained on other labels than the current split; "
+                                       "re-run scripts/4_trainSVM.py")
+        scores = model.decision_scores(X_test)
+        C = model.C
     y_pred = np.argmax(scores, axis=1)
     labels = table.labels
     K = len(labels)
     summary = M.summarize(y_test, y_pred, scores, labels)
-    summary.update({"classifier": params.classifier, "C": model.C, "featurizer": model.featurizer})
+    summary.update({"classifier": params.classifier, "C": C, "featurizer": table.featurizer})
     results = layout.results_dir
     write_json(layout.metrics_json, summary)
 
@@ -222,6 +303,13 @@ def evaluate(params: Parameters) -> EvaluationReport:
     written += [results / n for n in ("roc_curves.png", "confusion_matrix.png", "per_class_accuracy.png",
                                       "examples.png")]
     return EvaluationReport(summary, written)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _example_indices(y_true: np.ndarray, y_pred: np.ndarray, count: int, seed: int) -> list[int]:

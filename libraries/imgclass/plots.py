@@ -334,3 +334,23 @@ def plot_example_images(
             spine.set_color(color)
             spine.set_linewidth(4)
     _save(fig, path)
+
+
+def plot_training_curves(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> None:
+    """Refinement progress: training and validation error (left) and loss (right) per epoch."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    error_ax, loss_ax = fig.subplots(1, 2)
+    if not history:
+        error_ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=error_ax.transAxes)
+    epochs = [row["epoch"] for row in history]
+    for ax, key, title in ((error_ax, "error", "error rate"), (loss_ax, "loss", "cross-entropy loss")):
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], marker="o", label="training (augmented)")
+        values = [row[f"validation_{key}"] for row in history]
+        if any(np.isfinite(values)):
+            ax.plot(epochs, values, marker="s", label="validation (held out from training)")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    error_ax.set_ylim(bottom=0)
+    _save(fig, path)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgclass.featurize import Featurizer
 from imgclass.layout import DatasetLayout, require
-from imgclass.pipeline import load_classifier
+from imgclass.pipeline import load_classifier, softmax
 from imgclass.runtime import autocast, resolve_device, resolve_precision
 from imgclass.svm import TrainedSvm
 
@@ -42,51 +42,66 @@ class Predictions:
 class Predictor:
     """Featurizer + SVM of one dataset, ready to classify images."""
 
-    def __init__(self, featurizer: Featurizer, classifier: TrainedSvm, device: torch.device,
+    def __init__(self, featurizer: Featurizer, classifier: TrainedSvm | None, device: torch.device,
                  dtype: torch.dtype = torch.float32, model_name: str = "", model_version: str = ""):
         self.featurizer = featurizer
         self.classifier = classifier
         self.device = device
         self.dtype = dtype
         self.transform = featurizer.transform
-        self.extractor = featurizer.extractor.to(device).eval()
+        self.network = featurizer.network.to(device).eval()
+        if classifier is None and featurizer.output != "logits":
+            raise ValueError("a Predictor needs an SVM unless the network outputs class scores")
         self.model_name = model_name
         self.model_version = model_version
         self._lock = threading.Lock()
 
     @classmethod
     def from_layout(cls, layout: DatasetLayout, run_device: str = "auto", run_precision: str = "fp32") -> "Predictor":
-        """Load ``featurizer.pth`` and ``svm.joblib`` of a dataset."""
+        """Load ``featurizer.pth`` and, unless the network is a refined classifier, ``svm.joblib``."""
         featurizer = Featurizer.load(layout.featurizer_pth)
-        svm_path = require(layout.svm_joblib, "scripts/4_trainSVM.py")
-        classifier = load_classifier(layout)
-        digest = hashlib.sha256(svm_path.read_bytes() + layout.featurizer_pth.read_bytes()).hexdigest()[:12]
+        content = layout.featurizer_pth.read_bytes()
+        classifier = None
+        if featurizer.output != "logits":
+            content += require(layout.svm_joblib, "scripts/4_trainSVM.py").read_bytes()
+            classifier = load_classifier(layout)
+        digest = hashlib.sha256(content).hexdigest()[:12]
         device = resolve_device(run_device)
         info = featurizer.describe()
-        name = f"{layout.dataset}-{info['backbone']}-svm"
+        kind = "dnn" if classifier is None else ("svm" if featurizer.head is None else "svmDnnRefined")
+        name = f"{layout.dataset}-{info['backbone']}-{kind}"
         return cls(featurizer, classifier, device, resolve_precision(run_precision, device), name, digest)
 
     @property
     def labels(self) -> list[str]:
+        if self.classifier is None:
+            return list(self.featurizer.labels or [])
         return list(self.classifier.labels)
 
-    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Penultimate-layer features ``(N, D)`` of RGB PIL images."""
+    def network_outputs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """What the network gives for RGB PIL images: features ``(N, D)``, or class scores ``(N, K)``."""
         if not images:
-            return np.zeros((0, self.extractor.feature_dim), dtype=np.float32)
+            return np.zeros((0, self.featurizer.output_dim), dtype=np.float32)
         batch = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
         with self._lock, torch.inference_mode(), autocast(self.device, self.dtype):
-            return self.extractor(batch).float().cpu().numpy()
+            return self.network(batch).float().cpu().numpy()
 
     def predict(self, images: Sequence[Image.Image]) -> Predictions:
-        """Scores and calibrated probabilities for each image."""
-        features = self.features(images)
-        if len(features) == 0:
+        """Scores and probabilities for each image.
+
+        SVM modes: scores are SVM margins, probabilities Platt-calibrated.
+        ``'dnn'``: scores are the network's logits, probabilities their softmax.
+        """
+        outputs = self.network_outputs(images)
+        if len(outputs) == 0:
             empty = np.zeros((0, len(self.labels)))
             return Predictions(empty, empty, self.labels)
-        return Predictions(self.classifier.decision_scores(features), self.classifier.probabilities(features),
+        if self.classifier is None:
+            return Predictions(outputs.astype(np.float64), softmax(outputs), self.labels)
+        return Predictions(self.classifier.decision_scores(outputs), self.classifier.probabilities(outputs),
                            self.labels)
 
     def describe(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "model_version": self.model_version, "labels": self.labels,
-                "featurizer": self.featurizer.describe(), "C": self.classifier.C}
+                "featurizer": self.featurizer.describe(),
+                "C": None if self.classifier is None else self.classifier.C}

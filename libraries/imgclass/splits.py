@@ -23,6 +23,8 @@ from imgclass.images import list_image_files
 TRAIN = "train"
 TEST = "test"
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
+#: The toolkit's own files inside a dataset folder: not reported as skipped non-images.
+TOOLKIT_FILES = frozenset({DEDICATED_TEST_FILE, "scrapeManifest.tsv"})
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def list_dataset(images_dir: Path) -> DatasetListing:
                            "scripts/0_downloadData.py for the demo data.")
     class_dirs = sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     skipped = sorted(p.name for p in images_dir.iterdir()
-                     if p.is_file() and not p.name.startswith(".") and p.name != DEDICATED_TEST_FILE)
+                     if p.is_file() and not p.name.startswith(".") and p.name not in TOOLKIT_FILES)
     if not class_dirs:
         raise DatasetError(f"no class folders in {images_dir}: expected {images_dir}/<class>/*.jpg")
     images_by_label: dict[str, list[str]] = {}

@@ -1,0 +1,169 @@
+"""DNN refinement: learning, frozen backbone, resume, balanced sampling, every classifier mode end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgclass.backbones import build_feature_extractor
+from imgclass.errors import ImgClassError
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import load_parameters
+from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data, train_classifier
+from imgclass.refine import RefineConfig, TrainTransform, make_sampler, refine, split_validation
+
+from conftest import DEMO_IMAGES, PROJECT_DIR, PYTHON
+
+
+def _coloured_images(folder: Path, per_class: int = 6) -> tuple[list[Path], list[int]]:
+    """Two easy classes: reddish and bluish noisy squares."""
+    rng = np.random.default_rng(0)
+    paths, targets = [], []
+    for target, colour in enumerate([(200, 40, 40), (40, 40, 200)]):
+        for i in range(per_class):
+            array = np.clip(np.array(colour) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            path = folder / f"c{target}_{i}.png"
+            Image.fromarray(array).save(path)
+            paths.append(path)
+            targets.append(target)
+    return paths, targets
+
+
+def _config(**changes) -> RefineConfig:
+    params = load_parameters(rf_mbSize=4, rf_maxEpochs=3, rf_lrPerMb=[0.05], rf_dropoutRate=0.0,
+                             rf_validationFraction=0.0, rf_augColorJitter=0.0)
+    return RefineConfig.from_parameters(params.replace(**changes) if changes else params)
+
+
+def _run(tmp_path: Path, config: RefineConfig, **kwargs):
+    paths, targets = _coloured_images(tmp_path)
+    torch.manual_seed(0)
+    extractor = build_feature_extractor("resnet18", 32)
+    return extractor, refine(extractor, "pad", config, paths, targets, ["red", "blue"],
+                             tmp_path / "checkpoint.pth", torch.device("cpu"), progress=False,
+                             log=kwargs.pop("log", lambda message: None), **kwargs)
+
+
+def test_training_loss_goes_down(tmp_path: Path) -> None:
+    _, result = _run(tmp_path, _config(rf_maxEpochs=4))
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_frozen_backbone_stays_bit_identical(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in build_feature_extractor("resnet18", 32).state_dict().items()}
+    _, result = _run(tmp_path, _config(rf_boFreezeWeights=True, rf_maxEpochs=2))
+    after = result.model.extractor.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and batch-norm statistics
+    torch.manual_seed(0)  # refine() seeds with randomSeed=0 before creating the head
+    untrained_head = torch.nn.Linear(512, 2)
+    assert not torch.equal(result.model.head.weight, untrained_head.weight)  # while the head did train
+
+
+def test_an_interrupted_run_resumes_at_the_next_epoch(tmp_path: Path) -> None:
+    config = _config(rf_maxEpochs=3)
+
+    def interrupt(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, config, on_epoch_end=interrupt)
+    first_epoch = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["history"][0]
+    messages: list[str] = []
+    _, result = _run(tmp_path, config, log=messages.append)
+    assert result.resumed_from == 1
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    kept = ("train_loss", "train_error", "seconds")  # validation values are NaN here (no validation part)
+    assert [result.history[0][k] for k in kept] == [first_epoch[k] for k in kept]  # epoch 1 was not redone
+    assert any("Resuming refinement after epoch 1" in m for m in messages)
+    _, again = _run(tmp_path, _config(rf_maxEpochs=3, rf_l2RegWeight=0.001), log=messages.append)
+    assert again.resumed_from == 0 and any("another setup" in m for m in messages)
+
+
+def test_balanced_sampling_draws_classes_evenly() -> None:
+    targets = [0] * 90 + [1] * 10
+    drawn = Counter(targets[i] for i in make_sampler(targets, True, 2000, seed=0))
+    assert abs(drawn[1] / 2000 - 0.5) < 0.05
+    assert make_sampler(targets, False, 0, 0) is None
+    assert len(list(make_sampler(targets, False, 30, 0))) == 30
+
+
+def test_validation_is_held_out_per_class_from_training() -> None:
+    targets = [0] * 20 + [1] * 5 + [2] * 2
+    train, validation = split_validation(targets, 0.1, seed=0)
+    assert not set(train) & set(validation) and sorted(train + validation) == list(range(27))
+    assert Counter(targets[i] for i in validation) == {0: 2, 1: 1}
+    assert split_validation(targets, 0.0, 0)[1] == []
+
+
+def test_train_transform_is_random_but_seeded() -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    transform = TrainTransform(32, (128, 128, 128), random_crop=True, flip=True, color_jitter=0.3)
+    torch.manual_seed(1)
+    a = [transform(image) for _ in range(4)]
+    torch.manual_seed(1)
+    b = [transform(image) for _ in range(4)]
+    assert all(t.shape == (3, 32, 32) and t.dtype == torch.uint8 for t in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(a[0], x) for x in a[1:])
+
+
+def test_bad_refinement_setups_fail_before_any_work(tmp_path: Path) -> None:
+    params = load_parameters(rootDir=str(tmp_path), classifier="dnn", rf_maxEpochs=0)
+    with pytest.raises(ImgClassError, match="rf_maxEpochs >= 1"):
+        build_featurizer(params, pretrained=False)
+
+
+def _toy_dataset(root: Path, datasetName: str = "toy") -> DatasetLayout:
+    layout = DatasetLayout(root, datasetName)
+    for label in ("birds", "fish", "fruit"):
+        (layout.images_dir / label).mkdir(parents=True)
+        for source in sorted((DEMO_IMAGES / label).glob("*.jpg"))[:6]:
+            shutil.copy(source, layout.images_dir / label / source.name)
+    return layout
+
+
+@pytest.mark.parametrize("classifier", ["svm", "dnn", "svmDnnRefined"])
+def test_each_classifier_mode_runs_steps_2_to_5(tmp_path: Path, classifier: str) -> None:
+    layout = _toy_dataset(tmp_path)
+    params = load_parameters(rootDir=str(tmp_path), datasetName="toy", classifier=classifier,
+                             rf_pretrainedModelFilename="resnet18", rf_inputResolution=32, rf_maxEpochs=2,
+                             rf_mbSize=4, rf_lrPerMb=[0.01], svm_CVals=[0.1, 1.0], svm_cvFolds=2, run_workers=0)
+    prepare_data(params)
+    built = build_featurizer(params, pretrained=False, progress=False, log=lambda m: None)
+    assert (built.refinement is None) == (classifier == "svm")
+    report = featurize_dataset(params, progress=False)
+    assert report.feature_dim == (3 if classifier == "dnn" else 512)
+    assert (train_classifier(params) is None) == (classifier == "dnn")
+    metrics = evaluate(params).metrics
+    assert 0 <= metrics["overall_accuracy"] <= 1 and metrics["classifier"] == classifier
+    if classifier != "svm":
+        assert layout.training_png.is_file()
+        assert layout.training_csv.read_text().startswith("epoch,learning_rate,train_loss")
+
+
+def test_dnn_scripts_end_to_end_with_pretrained_lite0(tmp_path: Path) -> None:
+    _toy_dataset(tmp_path)
+    args = [f"--rootDir={tmp_path}", "--datasetName=toy", "--classifier=dnn", "--rf_maxEpochs=2",
+            "--rf_inputResolution=64", "--rf_mbSize=8", "--rf_lrPerMb=0.01",
+            "--rf_pretrainedModelFilename=efficientnet_lite0"]
+    for script in ["1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"]:
+        result = subprocess.run([PYTHON, f"scripts/{script}", *args], cwd=PROJECT_DIR, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, f"{script}:\n{result.stdout}\n{result.stderr}"
+    metrics = json.loads((tmp_path / "results" / "toy" / "metrics.json").read_text())
+    assert metrics["classifier"] == "dnn" and metrics["C"] is None
+    result = subprocess.run([PYTHON, "scripts/4_trainSVM.py", *args[:2], "--classifier=svm"], cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "re-run scripts 2 and 3" in result.stderr
