@@ -32,6 +32,9 @@ def test_overrides_are_typed_by_declaration() -> None:
     assert params.datasetName == "myData"
     assert params.svm_CVals == [0.1, 1.0]
     assert params.rf_lrPerMb == [0.01, 0.001]
+    assert load_parameters(["--rf_lrPerMb=[0.01]*2+[0.001]"]).rf_lrPerMb == [0.01, 0.01, 0.001]
+    with pytest.raises(ParameterError, match="rf_lrPerMb"):
+        load_parameters(["--rf_lrPerMb=__import__('os').getcwd()"])
 
 
 def test_keyword_values_and_replace_are_validated() -> None:

@@ -398,12 +398,34 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = [part.strip() for part in raw.split(",") if part.strip()]
     else:
         try:
-            value = ast.literal_eval(raw) if annotation is not list[float] or raw.strip().startswith(
-                ("[", "(")) else [ast.literal_eval(part) for part in raw.split(",") if part.strip()]
-        except (ValueError, SyntaxError):
+            value = literal_value(raw) if annotation is not list[float] or raw.strip().startswith(
+                ("[", "(")) else [literal_value(part) for part in raw.split(",") if part.strip()]
+        except (ValueError, SyntaxError, TypeError):
             raise ParameterError(
                 f"parameter '{key}' must be {_type_name(annotation)}, got {raw!r}") from None
     return key, coerce_value(key, value)
+
+
+def literal_value(text: str) -> Any:
+    """Evaluate a Python literal, plus list repetition and concatenation, without running code.
+
+    So ``--rf_lrPerMb=[0.01]*20+[0.001]`` works on the command line as it does
+    in PARAMETERS.py; names, calls and attribute access are rejected.
+    """
+
+    def evaluate(node: ast.AST) -> Any:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = evaluate(node.left), evaluate(node.right)
+            if isinstance(node.op, ast.Mult) and isinstance(left, list) != isinstance(right, list):
+                count = right if isinstance(left, list) else left
+                if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 100_000:
+                    raise ValueError("a list can only be repeated a non-negative integer number of times")
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [evaluate(element) for element in node.elts]
+        return ast.literal_eval(node)
+
+    return evaluate(ast.parse(text.strip(), mode="eval").body)
 
 
 def canonical_key(key: str) -> str:
