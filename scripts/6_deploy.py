@@ -16,7 +16,7 @@ from imgclass.cli import run_main
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.predict import Predictor
-from imgclass.serving import ServiceSettings, create_app, describe_settings
+from imgclass.serving import ServiceSettings, create_app, describe_settings, warm_up
 
 USED = ["datasetName", "rootDir", "run_device", "run_precision", "deploy_host", "deploy_port",
         "deploy_maxRequestBytes", "deploy_maxImages", "deploy_topK"]
@@ -29,6 +29,7 @@ def main(argv: list[str]) -> None:
     print(f"Model {predictor.model_name} (version {predictor.model_version}), {len(predictor.labels)} labels, "
           f"on {predictor.device}")
     print(f"Limits: {describe_settings(settings)}")
+    print(f"Warmed up the model in {warm_up(predictor):.1f} s", flush=True)
     print(f"Serving on http://{params.deploy_host}:{params.deploy_port}/ (web page), "
           f"API docs at /docs; Ctrl-C stops", flush=True)
     uvicorn.run(create_app(predictor, settings), host=params.deploy_host, port=params.deploy_port,

@@ -418,6 +418,21 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
     return app
 
 
+def warm_up(predictor: ImagePredictor, rounds: int = 3) -> float:
+    """Classify a blank image ``rounds`` times; return the seconds it took.
+
+    The first forward passes on the CPU are many times slower than the rest
+    (the math library prepares its kernels for the input shape: seconds each,
+    measured in BENCHMARKS.md); doing them before the server listens keeps
+    that off the first users' requests.
+    """
+    start = time.perf_counter()
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    for _ in range(rounds):
+        predictor.predict([blank])
+    return time.perf_counter() - start
+
+
 @contextlib.contextmanager
 def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
                         log_level: str = "warning") -> Iterator[str]:
@@ -457,4 +472,4 @@ def describe_settings(settings: ServiceSettings) -> str:
 
 
 __all__ = ["API_KEY_ENV", "ServiceSettings", "create_app", "describe_settings", "decode_base64_image",
-           "BodySizeLimit", "STATIC_DIR", "SCORE_IMAGE_FIELD", "serve_in_background"]
+           "BodySizeLimit", "STATIC_DIR", "SCORE_IMAGE_FIELD", "serve_in_background", "warm_up"]
