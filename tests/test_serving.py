@@ -205,6 +205,7 @@ def test_bad_requests_get_a_status_and_a_message_naming_the_problem(
     response = requests.post(f"{server}{path}", timeout=30, **kwargs)
     assert response.status_code == status, response.text
     assert words in response.json()["detail"]
+    assert "BytesIO" not in response.json()["detail"]
 
 
 def test_too_many_images_is_413(server: str) -> None:

@@ -37,6 +37,7 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -239,13 +240,17 @@ def decode_base64_image(text: str, source: str) -> bytes:
         raise HTTPException(400, f"{source} is not valid base64: {exc}") from None
 
 
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def _decode_all(blobs: Sequence[tuple[str, bytes]], draft_size: tuple[int, int] | None) -> list[Image.Image]:
     images = []
     for source, data in blobs:
         try:
             images.append(decode_image_bytes(data, source, draft_size=draft_size))
         except UnreadableImageError as exc:
-            raise HTTPException(400, str(exc)) from None
+            # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): say what it is instead
+            raise HTTPException(400, _BUFFER_REPR.sub("the data", str(exc))) from None
     return images
 
 
