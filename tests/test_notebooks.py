@@ -90,8 +90,8 @@ def test_committed_notebooks_have_no_outputs(name: str) -> None:
     assert nb.metadata.kernelspec.name == "python3"
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code), \
-        f"clear the outputs of notebooks/{name} before committing"
-    assert "widgets" not in nb.metadata  # no saved widget state either
+        f"clear the outputs of notebooks/{name} before committing (see docs/notebooks.md)"
+    assert "widgets" not in nb.metadata, f"notebooks/{name} holds saved widget state (see docs/notebooks.md)"
     assert nb.cells[0].cell_type == "markdown"
 
 

@@ -89,10 +89,16 @@ def score_chart_png(scores: pd.Series, true_label: str | None = None, width: flo
     return buffer.getvalue()
 
 
+def _image_widget(value: bytes, side: int, format: str = "jpeg") -> widgets.Image:
+    """An image in a fixed ``side`` x ``side`` box (aspect kept), so grid rows line up."""
+    return widgets.Image(value=value, format=format,
+                         layout=widgets.Layout(width=f"{side}px", height=f"{side}px", object_fit="contain"))
+
+
 def image_grid(paths: Sequence[str | os.PathLike[str]], captions: Sequence[str], side: int = 160,
                columns: int = 5) -> widgets.GridBox:
     """Thumbnails with an HTML caption under each, ``columns`` per row."""
-    tiles = [widgets.VBox([widgets.Image(value=thumbnail_jpeg(p, side), format="jpeg"),
+    tiles = [widgets.VBox([_image_widget(thumbnail_jpeg(p, side), side),
                            widgets.HTML(caption, layout=widgets.Layout(width=f"{side}px"))])
              for p, caption in zip(paths, captions)]
     return widgets.GridBox(tiles, layout=widgets.Layout(grid_template_columns=f"repeat({columns}, {side + 16}px)"))
@@ -177,7 +183,9 @@ class DatasetBrowser:
             self.class_picker.value = current
         finally:
             self._quiet = False
+        target = self.target_picker.value
         self.target_picker.options = labels
+        self.target_picker.value = target if target in labels else None  # no default: a move is a choice
         self.show(current, self.page)
 
     def paths(self, label: str | None = None) -> list[str]:
@@ -202,7 +210,7 @@ class DatasetBrowser:
         self._boxes = {p: widgets.Checkbox(value=False, description=Path(p).name, indent=False,
                                            layout=widgets.Layout(width=f"{self.thumbnail_side}px"))
                        for p in shown}
-        self.grid.children = [widgets.VBox([widgets.Image(value=self._thumbnail(p), format="jpeg"), self._boxes[p]])
+        self.grid.children = [widgets.VBox([_image_widget(self._thumbnail(p), self.thumbnail_side), self._boxes[p]])
                               for p in shown]
         self.page_label.value = (f"images {start + 1}-{start + len(shown)} of {len(paths)}, page "
                                  f"{self.page + 1}/{pages}" if paths else "no images")
@@ -227,7 +235,9 @@ class DatasetBrowser:
         for p in paths:
             self._boxes[p].value = True
 
-    def move_selected(self, new_label: str) -> list[str]:
+    def move_selected(self, new_label: str | None) -> list[str]:
+        if not new_label:
+            return ["choose a class in 'move to' first"]
         messages = []
         for path in self.selected():
             try:
@@ -283,11 +293,12 @@ class ResultsBrowser:
         self.image_side = image_side
         self.rows = results.predictions
         self.class_picker = widgets.Dropdown(options=["all"] + list(results.labels), description="class")
-        self.outcome_picker = widgets.ToggleButtons(options=list(self.OUTCOMES), description="outcome")
-        self.order_picker = widgets.ToggleButtons(options=list(self.ORDERS), description="order")
+        compact = {"button_width": "90px", "description_width": "60px"}
+        self.outcome_picker = widgets.ToggleButtons(options=list(self.OUTCOMES), description="outcome", style=compact)
+        self.order_picker = widgets.ToggleButtons(options=list(self.ORDERS), description="order", style=compact)
         self.slider = widgets.IntSlider(min=0, max=0, description="image", continuous_update=False)
         self.count_label = widgets.Label()
-        self.image = widgets.Image(format="jpeg")
+        self.image = _image_widget(b"", image_side)
         self.chart = widgets.Image(format="png")
         self.caption = widgets.HTML()
         for picker in (self.class_picker, self.outcome_picker, self.order_picker):
@@ -295,7 +306,7 @@ class ResultsBrowser:
         self.slider.observe(lambda change: self.show(change["new"]), names="value")
         navigation = widgets.HBox([_button("\u25c0", lambda: self.show(self.slider.value - 1)), self.slider,
                                    _button("\u25b6", lambda: self.show(self.slider.value + 1)), self.count_label])
-        self.widget = widgets.VBox([widgets.HBox([self.class_picker, self.outcome_picker]), self.order_picker,
+        self.widget = widgets.VBox([widgets.HBox([self.class_picker, self.outcome_picker, self.order_picker]),
                                     navigation, widgets.HBox([self.image, widgets.VBox([self.caption, self.chart])])])
         self._apply_controls()
 
