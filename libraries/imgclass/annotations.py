@@ -44,7 +44,6 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 from imgclass.atomic import write_text
 from imgclass.errors import ImgClassError
