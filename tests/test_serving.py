@@ -36,7 +36,8 @@ SCRIPTS = PROJECT_DIR / "scripts"
 DEMO_IMAGES = PROJECT_DIR / "resources" / "demoImages"
 #: The image the client script sends by default; the demo model calls it 'mammals'.
 COW = DEMO_IMAGES / "mammals" / "bovines_cow.jpg"
-TRAIN_ARGS = ["--rf_pretrainedModelFilename=efficientnet_lite0", "--rf_inputResolution=128", "--svm_cvFolds=3"]
+TRAIN_ARGS = ["--rf_pretrainedModelFilename=efficientnet_lite0", "--rf_inputResolution=128", "--svm_cvFolds=3",
+              "--svm_nJobs=1"]  # joblib worker processes cost more than they save on 2 busy cores
 SETTINGS = ServiceSettings(max_request_bytes=300_000, max_images=4, top_k=3)
 API_KEY = "test-key-7f3a9c1e5b"
 
