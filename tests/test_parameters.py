@@ -116,3 +116,9 @@ def test_script_reports_a_bad_parameter_without_traceback() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "ratioTrainTest" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_readme_documents_every_parameter() -> None:
+    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in parameter_names() if f"`{name}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
