@@ -15,10 +15,10 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from conftest import natural_photo
 import imgclass.scraping as scraping
 from imgclass.download import file_name_for_url
 from imgclass.parameters import PROJECT_DIR, Parameters, parse_override
@@ -38,24 +38,6 @@ from imgclass.scraping import (
 
 KEY = "test-SECRET-key-0123456789"
 MAX_BYTES = 3_000_000
-
-
-def natural_photo(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
-    """A seeded 'photo': smooth colour gradients, a few shapes and sensor noise (not flat colour)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    channels = [rng.uniform(40, 200) + rng.uniform(-80, 80) * x + rng.uniform(-80, 80) * y
-                + 30 * np.sin(rng.uniform(2, 9) * x + rng.uniform(0, 6)) for _ in range(3)]
-    image = Image.fromarray(np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = rng.uniform(0, w * 0.8), rng.uniform(0, h * 0.8)
-        box = [x0, y0, x0 + rng.uniform(w * 0.1, w * 0.4), y0 + rng.uniform(h * 0.1, h * 0.4)]
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    noisy = np.asarray(image, dtype=float) + rng.normal(0, 4, (h, w, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:

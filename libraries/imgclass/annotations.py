@@ -45,7 +45,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from imgclass.atomic import write_text
+from imgclass.atomic import unused_path, write_text
 from imgclass.errors import ImgClassError
 from imgclass.images import is_image_file, list_image_files
 
@@ -186,15 +186,6 @@ def _append(images_dir: Path, action: str, source: Path, target: Path, undoes: i
 
 
 # --------------------------------------------------------------------------- moving files
-def _free_name(path: Path) -> Path:
-    """``path``, or ``stem_1.ext``, ``stem_2.ext``, ... if it is taken."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
-
-
 def _move_file(source: Path, target: Path) -> None:
     """Move without ever overwriting: hard link then unlink, or a checked move where links fail."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +255,7 @@ def move_image(images_dir: str | os.PathLike[str], relative_path: str, new_label
     _check_label(new_label)
     if rel.parts[0] == new_label:
         raise AnnotationError(f"'{relative_path}' is already in class '{new_label}'")
-    target = _free_name(images_dir / new_label / PurePosixPath(*rel.parts[1:]))
+    target = unused_path(images_dir / new_label / PurePosixPath(*rel.parts[1:]))
     return _do(images_dir, MOVE, source, target)
 
 
@@ -276,7 +267,7 @@ def exclude_image(images_dir: str | os.PathLike[str], relative_path: str) -> Cha
     """
     images_dir = Path(images_dir)
     source, rel = _image_in_dataset(images_dir, relative_path)
-    target = _free_name(excluded_dir_of(images_dir) / rel)
+    target = unused_path(excluded_dir_of(images_dir) / rel)
     return _do(images_dir, EXCLUDE, source, target)
 
 

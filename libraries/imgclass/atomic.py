@@ -73,3 +73,12 @@ def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``stem_1.ext``, ``stem_2.ext``, ... if it is taken: moves never overwrite a file."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate

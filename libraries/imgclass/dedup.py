@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imgclass.atomic import atomic_path
+from imgclass.atomic import atomic_path, unused_path
 from imgclass.errors import DatasetError, ImgClassError
 from imgclass.images import UnreadableImageError, list_image_files, load_rgb
 from imgclass.layout import DatasetLayout
@@ -362,15 +362,6 @@ class DedupResult:
         return "\n".join(lines)
 
 
-def _free_target(path: Path) -> Path:
-    """``path``, or ``name_1.ext``, ``name_2.ext``, ... if it is taken (never overwrite)."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
-
-
 def _report_rows(groups: Sequence[DuplicateGroup], cross_class_action: str,
                  duplicates_dir: Path) -> list[dict[str, object]]:
     rows = []
@@ -457,7 +448,7 @@ def remove_duplicates(images_dir: str | os.PathLike[str], duplicates_dir: str | 
     else:
         if report_path is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            report_path = _free_target(duplicates_dir / f"duplicatesReport_{stamp}.csv")
+            report_path = unused_path(duplicates_dir / f"duplicatesReport_{stamp}.csv")
         report_path = Path(report_path)
         _write_report(report_path, rows)
     moved = 0
