@@ -34,6 +34,7 @@ rf_momentumPerMb = 0.9
 rf_l2RegWeight = 0.0005
 rf_boFreezeWeights = False       # True: train only the new last layer
 rf_boBalanceTrainingSet = False  # True: draw every class equally often
+rf_backboneLrFactor = 1.0        # backbone learning rate = this x rf_lrPerMb (new head: full rate)
 rf_validationFraction = 0.1      # of the TRAINING set, held out to pick the best epoch (never the test set)
 rf_augRandomCrop = True          # training augmentation: pad with a margin, random crop
 rf_augHorizontalFlip = True      # training augmentation: random left-right flip

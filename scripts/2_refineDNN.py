@@ -18,7 +18,7 @@ from imgclass.pipeline import build_featurizer
 
 USED = ["datasetName", "rootDir", "classifier", "rf_pretrainedModelFilename", "rf_inputResolution",
         "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs", "rf_maxTrainImages", "rf_lrPerMb",
-        "rf_momentumPerMb", "rf_l2RegWeight", "rf_boFreezeWeights", "rf_boBalanceTrainingSet",
+        "rf_momentumPerMb", "rf_l2RegWeight", "rf_boFreezeWeights", "rf_backboneLrFactor", "rf_boBalanceTrainingSet",
         "rf_validationFraction", "rf_augRandomCrop", "rf_augHorizontalFlip", "rf_augColorJitter", "randomSeed",
         "run_device", "run_workers", "run_precision"]
 

@@ -173,6 +173,9 @@ class Parameters:
     rf_l2RegWeight: float = _param(0.0005, "L2 weight decay", check=_non_negative)
     rf_boFreezeWeights: bool = _param(False, "train only the new head, keep the backbone fixed")
     rf_boBalanceTrainingSet: bool = _param(False, "resample so every class is drawn equally often")
+    rf_backboneLrFactor: float = _param(1.0, "the backbone learns at this fraction of rf_lrPerMb (the new "
+                                             "head at the full rate); 1 = the original's single rate",
+                                        check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
     rf_validationFraction: float = _param(0.1, "part of the TRAINING set held out to pick the best epoch "
                                                "(0 = keep the last epoch)",
                                           check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")

@@ -52,6 +52,7 @@ class RefineConfig:
     momentum: float
     weight_decay: float
     freeze_backbone: bool
+    backbone_lr_factor: float
     balance_classes: bool
     validation_fraction: float
     aug_random_crop: bool
@@ -65,7 +66,8 @@ class RefineConfig:
             raise ParameterError("parameter 'rf_maxEpochs' must be >= 0")
         return cls(params.rf_dropoutRate, params.rf_mbSize, params.rf_maxEpochs, params.rf_maxTrainImages,
                    tuple(params.rf_lrPerMb), params.rf_momentumPerMb, params.rf_l2RegWeight,
-                   params.rf_boFreezeWeights, params.rf_boBalanceTrainingSet, params.rf_validationFraction,
+                   params.rf_boFreezeWeights, params.rf_backboneLrFactor, params.rf_boBalanceTrainingSet,
+                   params.rf_validationFraction,
                    params.rf_augRandomCrop, params.rf_augHorizontalFlip, params.rf_augColorJitter,
                    params.randomSeed)
 
@@ -242,8 +244,10 @@ def refine(extractor: FeatureExtractor, resize_mode: str, config: RefineConfig, 
     if config.freeze_backbone:
         for parameter in model.extractor.parameters():
             parameter.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=config.learning_rate(0), momentum=config.momentum,
+    groups = [{"params": list(model.head.parameters()), "lr_factor": 1.0}]
+    if not config.freeze_backbone:
+        groups.append({"params": list(model.extractor.parameters()), "lr_factor": config.backbone_lr_factor})
+    optimizer = torch.optim.SGD(groups, lr=config.learning_rate(0), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     use_scaler = device.type == "cuda" and dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -281,7 +285,7 @@ def refine(extractor: FeatureExtractor, resize_mode: str, config: RefineConfig, 
         started = time.perf_counter()
         lr = config.learning_rate(epoch)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_factor"]
         torch.manual_seed(config.seed * 100003 + epoch)  # augmentation: reproducible, also after a resume
         sampler = make_sampler(train_set.targets, config.balance_classes, config.max_train_images,
                                config.seed * 100003 + epoch)
