@@ -50,7 +50,7 @@ svm_nJobs = -1                   # parallel jobs for the C search; -1 = all core
 run_mbSize = 32                  # featurization batch size
 run_device = "auto"              # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
 run_workers = -1                 # image-decoding processes; -1 = auto, 0 = none
-run_precision = "fp32"           # 'auto' | 'fp32' | 'bf16' | 'fp16'
+run_precision = "auto"           # 'auto' (bf16 on CPUs with native bf16, fp16 on GPUs, else fp32) | 'fp32' | 'bf16' | 'fp16'
 
 # --- Evaluation ---------------------------------------------------------------
 eval_numExampleImages = 24       # test images in the right/wrong examples grid

@@ -2,12 +2,15 @@
 
 Writes proc/<datasetName>/features.npy (float32, one row per image),
 features.csv (row,path,label,split,ok) and features.json (how they were made).
-Unreadable images are reported and marked ok=0, never fatal.
+Unreadable images are reported and marked ok=0, never fatal. Images unchanged
+since the last run (same featurizer and precision) reuse their stored features
+(index: features_cache.json).
 """
 
 import sys
 
 from imgclass.cli import run_main
+from imgclass.featurize_cache import cache_index_path
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import featurize_dataset
@@ -17,15 +20,20 @@ USED = ["datasetName", "rootDir", "run_mbSize", "run_device", "run_workers", "ru
 
 def main(argv: list[str]) -> None:
     params = parse_command_line(argv, USED, __doc__)
+    layout = DatasetLayout.from_parameters(params)
     report = featurize_dataset(params, progress=sys.stderr.isatty())
-    rate = report.n_images / report.seconds if report.seconds > 0 else float("inf")
-    print(f"Featurized {report.n_images} images -> {report.feature_dim} floats each in {report.seconds:.1f} s "
-          f"({rate:.1f} img/s; device {report.device}, {report.precision}, {report.workers} loader workers)")
+    if report.n_featurized:
+        rate = report.n_featurized / report.seconds if report.seconds > 0 else float("inf")
+        print(f"Featurized {report.n_featurized} images -> {report.feature_dim} floats each in {report.seconds:.1f} s "
+              f"({rate:.1f} img/s; device {report.device}, {report.precision}, {report.workers} worker processes)")
+    if report.n_reused:
+        print(f"Reused the stored features of {report.n_reused} of {report.n_images} images (unchanged files, "
+              f"same featurizer, {report.precision}); delete {cache_index_path(layout)} to recompute them")
     if report.failures:
         print(f"{len(report.failures)} image(s) could not be read and are left out:")
         for path, message in report.failures:
             print(f"  {path}: {message}")
-    print(f"Wrote {DatasetLayout.from_parameters(params).features_npy} (+ .csv, .json)")
+    print(f"Wrote {layout.features_npy} (+ .csv, .json; {report.n_images} images)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Featurization: transforms, unreadable images, per-batch writing, checkpoint round trip."""
+"""Featurization: transforms, unreadable images, precisions, batch layout, device plans, per-batch writing,
+checkpoint round trip."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import MagicMock
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from imgclass.backbones import build_feature_extractor
-from imgclass.featurize import FeatureWriter, Featurizer, ImageFileDataset, extract_features
+from imgclass.featurize import DevicePlan, FeatureWriter, Featurizer, ImageBatches, ImageFileDataset, extract_features
 from imgclass.preprocessing import EvalTransform
 
 from conftest import make_photo
@@ -101,3 +103,121 @@ def test_featurizer_checkpoint_round_trip(tmp_path: Path, featurizer: Featurizer
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         assert torch.equal(loaded.extractor(images), featurizer.extractor(images))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_every_precision_gives_float32_rows_of_the_feature_width(tmp_path: Path, featurizer: Featurizer,
+                                                                  dtype: torch.dtype) -> None:
+    paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(3)]
+    batches: list[np.ndarray] = []
+    extract_features(featurizer.network, ImageFileDataset(paths, featurizer.transform),
+                     lambda rows, values: batches.append(values), batch_size=2, dtype=dtype, progress=False)
+    assert [b.shape for b in batches] == [(2, 512), (1, 512)]
+    assert all(b.dtype == np.float32 and np.isfinite(b).all() for b in batches)
+
+
+def test_fp32_features_equal_the_network_on_the_same_pixels(tmp_path: Path, featurizer: Featurizer) -> None:
+    paths = [make_photo(tmp_path / f"{i}.jpg", (64, 30), seed=i) for i in range(3)]
+    dataset = ImageFileDataset(paths, featurizer.transform)
+    out = np.zeros((3, 512), dtype=np.float32)
+    extract_features(featurizer.extractor, dataset, lambda rows, values: out.__setitem__(rows, values),
+                     batch_size=3, progress=False)
+    images = torch.stack([dataset[i][0] for i in range(3)])  # (3, 3, R, R) uint8, as the old per-image path
+    with torch.inference_mode():
+        expected = featurizer.extractor(images.contiguous(memory_format=torch.channels_last)).numpy()
+    assert np.array_equal(out, expected)
+
+
+def test_batches_are_assembled_in_channels_last_layout(tmp_path: Path, featurizer: Featurizer) -> None:
+    paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(3)]
+    (tmp_path / "bad.jpg").write_bytes(b"broken")
+    dataset = ImageFileDataset([*paths, tmp_path / "bad.jpg"], featurizer.transform)
+    images, indices, errors = ImageBatches(dataset, 3)[1]
+    assert images.shape == (1, 32, 32, 3) and indices.tolist() == [3] and "bad.jpg" in errors[0]
+    assert not images.any()
+    images, indices, errors = ImageBatches(dataset, 3)[0]
+    assert indices.tolist() == [0, 1, 2] and errors == ["", "", ""]
+    for i in range(3):
+        assert torch.equal(images[i].permute(2, 0, 1), dataset[i][0])
+    network_input = DevicePlan.for_device(torch.device("cpu")).to_network_input(images)
+    assert network_input.shape == (3, 3, 32, 32)
+    assert network_input.is_contiguous(memory_format=torch.channels_last)
+    assert network_input.data_ptr() == images.data_ptr()  # a view: no copy on the CPU
+
+
+def test_cuda_batches_are_pinned_and_copied_asynchronously(monkeypatch: pytest.MonkeyPatch,
+                                                           featurizer: Featurizer) -> None:
+    """No GPU here: check the plan, the loader options and the copy call with stand-ins."""
+    import imgclass.featurize
+
+    cuda = DevicePlan.for_device(torch.device("cuda"))
+    assert (cuda.pin_memory, cuda.non_blocking, cuda.channels_last, cuda.cudnn_benchmark) == (True, True, True, True)
+    cpu = DevicePlan.for_device(torch.device("cpu"))
+    assert (cpu.pin_memory, cpu.non_blocking, cpu.channels_last) == (False, False, True)
+    assert not DevicePlan.for_device(torch.device("mps")).channels_last
+    batch = MagicMock()
+    cuda.to_network_input(batch)
+    batch.to.assert_called_once_with(torch.device("cuda"), non_blocking=True)
+    batch.to.return_value.permute.assert_called_once_with(0, 3, 1, 2)
+    loader_options: dict = {}
+
+    class RecordingLoader:
+        def __init__(self, dataset, **options):  # type: ignore[no-untyped-def]
+            loader_options.update(options)
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(())
+
+    monkeypatch.setattr(imgclass.featurize, "DataLoader", RecordingLoader)
+    dataset = ImageFileDataset([], featurizer.transform)
+    list(imgclass.featurize._batches(dataset, 8, cuda, workers=3))
+    assert loader_options["pin_memory"] is True and loader_options["num_workers"] == 3
+    list(imgclass.featurize._batches(dataset, 8, cpu, workers=0))
+    assert loader_options["pin_memory"] is False
+
+
+def test_step_3_writes_each_batch_as_it_comes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No full feature matrix in memory: the writer receives batch-sized pieces, in order."""
+    from imgclass.layout import DatasetLayout
+    from imgclass.parameters import load_parameters
+    from imgclass.pipeline import build_featurizer, featurize_dataset, prepare_data
+
+    from conftest import make_dataset
+
+    params = load_parameters(rootDir=str(tmp_path), datasetName="toy", rf_pretrainedModelFilename="resnet18",
+                             rf_inputResolution=32, run_workers=0, run_mbSize=3)
+    make_dataset(DatasetLayout.from_parameters(params).images_dir, {"a": 4, "b": 4}, size=(40, 30))
+    prepare_data(params)
+    build_featurizer(params, pretrained=False, progress=False)
+    pieces: list[tuple[int, ...]] = []
+    real_write = FeatureWriter.write
+
+    def recording_write(self: FeatureWriter, rows: np.ndarray, features: np.ndarray) -> None:
+        pieces.append(features.shape)
+        real_write(self, rows, features)
+
+    monkeypatch.setattr(FeatureWriter, "write", recording_write)
+    monkeypatch.setattr(FeatureWriter, "__call__", recording_write)
+    featurize_dataset(params, progress=False)
+    assert pieces == [(3, 512), (3, 512), (2, 512)]
+    assert np.isfinite(np.load(DatasetLayout.from_parameters(params).features_npy)).all()
+
+
+def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featurizer: Featurizer) -> None:
+    paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(7)]
+    (tmp_path / "bad.jpg").write_bytes(b"broken")
+    paths.insert(3, tmp_path / "bad.jpg")
+    results = {}
+    for workers in (0, 2):
+        calls: list[list[int]] = []
+        out = np.zeros((8, 512), dtype=np.float32)
+
+        def store(rows: np.ndarray, values: np.ndarray) -> None:
+            calls.append(rows.tolist())
+            out[rows] = values
+
+        failures = extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform), store,
+                                    batch_size=3, workers=workers, progress=False)
+        assert calls == [[0, 1, 2], [3, 4, 5], [6, 7]] and [i for i, _ in failures] == [3]
+        results[workers] = out
+    np.testing.assert_allclose(results[2], results[0], rtol=1e-4, atol=1e-5, equal_nan=True)

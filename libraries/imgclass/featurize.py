@@ -2,12 +2,17 @@
 
 - :class:`Featurizer` is the network plus the preprocessing it needs, saved
   as one checkpoint (``featurizer.pth``) by step 2 and loaded by step 3.
-- :class:`ImageFileDataset` decodes and resizes images in DataLoader workers;
-  an unreadable file yields an all-zero image and its error message, so one
-  bad file is reported instead of stopping the run.
+- :class:`ImageFileDataset` decodes and resizes images (JPEGs at reduced
+  scale); an unreadable file yields an all-zero image and its error message,
+  so one bad file is reported instead of stopping the run.
+- :class:`ImageBatches` assembles whole batches straight into one
+  ``(B, R, R, 3)`` uint8 array, in the main process or in DataLoader workers.
+  That layout *is* channels-last: the network gets it as an NCHW view without
+  a copy, and a GPU receives 1 byte per pixel (normalisation happens there).
 - :func:`extract_features` runs the batches under ``torch.inference_mode``
-  (channels-last, optional reduced precision) and hands each batch to a
-  callback, so nothing needs the whole feature matrix in memory.
+  (channels-last, optional reduced precision; pinned memory and asynchronous
+  copies on CUDA) and hands each batch to a callback, so nothing needs the
+  whole feature matrix in memory.
 - :class:`FeatureWriter` writes those batches into a memory-mapped ``.npy``
   that is renamed into place only when complete.
 """
@@ -15,10 +20,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +36,8 @@ from tqdm import tqdm
 from imgclass.backbones import BACKBONES, FeatureExtractor, build_feature_extractor
 from imgclass.errors import MissingArtifactError
 from imgclass.images import UnreadableImageError, load_rgb
-from imgclass.preprocessing import EvalTransform, mean_fill
-from imgclass.runtime import autocast
+from imgclass.preprocessing import EvalTransform, chw_tensor, mean_fill
+from imgclass.runtime import autocast, available_cpus
 
 CHECKPOINT_FORMAT = "imgclass-featurizer-1"
 
@@ -83,6 +90,26 @@ class Featurizer:
         return {**self.extractor.recipe(), "resize_mode": self.resize_mode, "source": self.source,
                 "output": self.output, "output_dim": self.output_dim, "labels": self.labels}
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what determines the outputs: the recipe and every weight (not where they came from).
+
+        Two featurizers with the same fingerprint compute the same features, so
+        features stored for one can be reused for the other (see
+        :mod:`imgclass.featurize_cache`). The file ``featurizer.pth`` itself is
+        not hashed: ``torch.save`` writes different bytes for the same weights.
+        """
+        digest = hashlib.sha256()
+        recipe = {k: v for k, v in self.describe().items() if k != "source"}
+        digest.update(json.dumps(recipe, sort_keys=True).encode())
+        modules = {"extractor": self.extractor, "head": self.head}
+        for prefix, module in modules.items():
+            if module is None:
+                continue
+            for name, tensor in sorted(module.state_dict().items()):
+                digest.update(f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        return digest.hexdigest()
+
     def save(self, path: Path) -> None:
         """Save as a checkpoint dict of plain values and tensors (loadable with weights_only=True)."""
         from imgclass.atomic import atomic_path
@@ -113,7 +140,11 @@ class Featurizer:
 
 
 class ImageFileDataset(Dataset):
-    """Decodes ``paths[i]`` and returns ``(uint8 image tensor, i, error message or '')``."""
+    """Decodes ``paths[i]`` and returns ``(uint8 image tensor (3, R, R), i, error message or '')``.
+
+    :meth:`load` gives the same image as an ``(R, R, 3)`` array, which is what
+    :class:`ImageBatches` copies into its batches.
+    """
 
     def __init__(self, paths: Sequence[Path | str], transform: EvalTransform):
         self.paths = [Path(p) for p in paths]
@@ -122,50 +153,188 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+    def load(self, index: int, out: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        """``(image (R, R, 3) uint8, '')``, or all zeros and the error message for an unreadable file."""
         try:
             image = load_rgb(self.paths[index], draft_size=self.transform.draft_size)
-            return self.transform(image), index, ""
+            return self.transform.to_array(image, out), ""
         except UnreadableImageError as exc:
             side = self.transform.resolution
-            return torch.zeros((3, side, side), dtype=torch.uint8), index, str(exc)
+            if out is None:
+                out = np.empty((side, side, 3), dtype=np.uint8)
+            out.fill(0)
+            return out, str(exc)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        array, error = self.load(index)
+        return chw_tensor(array), index, error
+
+
+class ImageBatches(Dataset):
+    """Item ``b`` is batch ``b`` of ``dataset``: ``(uint8 (B, R, R, 3), indices (B,), errors)``.
+
+    Each image is written straight into the batch array (no per-image tensors,
+    no collate copy). Used with ``DataLoader(batch_size=None)``, so a worker
+    process builds a whole batch and the main process receives one array.
+    """
+
+    def __init__(self, dataset: ImageFileDataset, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __getitem__(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        start = batch * self.batch_size
+        indices = range(start, min(start + self.batch_size, len(self.dataset)))
+        side = self.dataset.transform.resolution
+        images = torch.empty((len(indices), side, side, 3), dtype=torch.uint8)
+        slots = images.numpy()
+        errors = [self.dataset.load(i, slots[j])[1] for j, i in enumerate(indices)]
+        return images, torch.tensor(list(indices), dtype=torch.int64), errors
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How batches travel to ``device`` and what layout the network gets.
+
+    CUDA: page-locked (pinned) host batches and ``non_blocking`` copies, so the
+    upload overlaps the previous batch's compute; cuDNN autotuning for the
+    fixed input size. CPU and CUDA: channels-last (faster convolutions; the
+    batches already have that layout). MPS: contiguous NCHW, which its
+    kernels prefer.
+    """
+
+    device: torch.device
+    pin_memory: bool
+    non_blocking: bool
+    channels_last: bool
+    cudnn_benchmark: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "DevicePlan":
+        cuda = device.type == "cuda"
+        return cls(device, pin_memory=cuda, non_blocking=cuda, channels_last=device.type != "mps",
+                   cudnn_benchmark=cuda)
+
+    def to_network_input(self, images_nhwc: torch.Tensor) -> torch.Tensor:
+        """``(B, R, R, 3)`` uint8 host batch -> ``(B, 3, R, R)`` on the device (uint8: 4x less to copy)."""
+        images = images_nhwc.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2)
+        return images if self.channels_last else images.contiguous()
 
 
 BatchCallback = Callable[[np.ndarray, np.ndarray], None]
+#: (network output or batch of images, dataset indices, error messages)
+_Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
+
+
+class _FeaturizedBatches(Dataset):
+    """Item ``b``: batch ``b`` decoded *and* run through the network, ``(outputs, indices, errors)``.
+
+    What a CPU worker process does: on a CPU, one process per core, each with
+    its own batches and one compute thread, beats one process whose threads
+    share every convolution (measured in BENCHMARKS.md), and decoding then
+    runs beside the network instead of between its passes.
+    """
+
+    def __init__(self, batches: ImageBatches, network: nn.Module, dtype: torch.dtype, threads: int):
+        self.batches = batches
+        self.network = network
+        self.dtype = dtype
+        self.threads = threads
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, batch: int) -> _Batch:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        images, indices, errors = self.batches[batch]
+        cpu = torch.device("cpu")
+        with torch.inference_mode(), autocast(cpu, self.dtype):
+            return self.network(DevicePlan.for_device(cpu).to_network_input(images)).float(), indices, errors
+
+
+def _batches(dataset: ImageFileDataset, batch_size: int, plan: DevicePlan, workers: int) -> Iterator[_Batch]:
+    """Batches of images in order; decoded by ``workers`` processes (0: here, between forward passes)."""
+    loader = DataLoader(ImageBatches(dataset, batch_size), batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=plan.pin_memory, persistent_workers=False,
+                        prefetch_factor=2 if workers > 0 else None)
+    return iter(loader)
+
+
+def _featurized_batches(dataset: ImageFileDataset, batch_size: int, network: nn.Module, dtype: torch.dtype,
+                        workers: int) -> Iterator[_Batch]:
+    """Network outputs batch by batch, in order, computed by ``workers`` CPU processes sharing the cores."""
+    threads = max(1, available_cpus() // workers)
+    loader = DataLoader(_FeaturizedBatches(ImageBatches(dataset, batch_size), network, dtype, threads),
+                        batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
+                        prefetch_factor=2)
+    return iter(loader)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or previous
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def extract_features(extractor: torch.nn.Module, dataset: ImageFileDataset, on_batch: BatchCallback,
                      batch_size: int = 32, device: torch.device | None = None,
                      dtype: torch.dtype = torch.float32, workers: int = 0,
                      progress: bool = True) -> list[tuple[int, str]]:
-    """Run ``extractor`` over ``dataset`` and call ``on_batch(indices, features)`` per batch.
+    """Run ``extractor`` over ``dataset`` and call ``on_batch(indices, features)`` per batch, in order.
 
     Features arrive as float32 numpy arrays whatever the compute precision.
     Rows of unreadable images are passed as NaN. Returns the ``(index,
     error)`` pairs of the images that could not be read.
+
+    ``workers`` processes share the work (0: all of it here):
+
+    - on the CPU each worker decodes its batches and runs the network on them
+      with ``cores // workers`` threads; this process only collects the rows;
+    - on a GPU (or MPS) the workers decode and this process runs the network.
+      A batch's features are fetched from the device only after the next
+      batch has been started, so the GPU is not left waiting for the host.
     """
     device = device or torch.device("cpu")
+    plan = DevicePlan.for_device(device)
     extractor = extractor.to(device).eval()
-    use_channels_last = device.type != "mps"
-    if use_channels_last:
+    if plan.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if workers > 0 else None)
     failures: list[tuple[int, str]] = []
     bar = tqdm(total=len(dataset), desc="featurizing", unit="img", disable=not progress, leave=False)
-    with torch.inference_mode(), autocast(device, dtype), contextlib.closing(bar):
-        for images, indices, errors in loader:
-            images = images.to(device, non_blocking=True)
-            if use_channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            features = extractor(images).float().cpu().numpy()
-            bad = [i for i, message in enumerate(errors) if message]
-            if bad:
-                features[bad] = np.nan
-                failures += [(int(indices[i]), errors[i]) for i in bad]
-            on_batch(indices.numpy(), features)
-            bar.update(len(indices))
+
+    def finish(output: torch.Tensor, indices: torch.Tensor, errors: list[str]) -> None:
+        features = output.float().cpu().numpy()
+        bad = [i for i, message in enumerate(errors) if message]
+        if bad:
+            features[bad] = np.nan
+            failures.extend((int(indices[i]), errors[i]) for i in bad)
+        on_batch(indices.numpy(), features)
+        bar.update(len(indices))
+
+    with contextlib.closing(bar):
+        if device.type == "cpu" and workers > 0:
+            for batch in _featurized_batches(dataset, batch_size, extractor, dtype, workers):
+                finish(*batch)
+            return failures
+        pending: _Batch | None = None
+        with torch.inference_mode(), autocast(device, dtype), _cudnn_benchmark(plan.cudnn_benchmark):
+            for images, indices, errors in _batches(dataset, batch_size, plan, workers):
+                output = extractor(plan.to_network_input(images))
+                if pending is not None:
+                    finish(*pending)
+                pending = (output, indices, errors)
+            if pending is not None:
+                finish(*pending)
     return failures
 
 

@@ -199,7 +199,8 @@ class Parameters:
                              check=_device)
     run_workers: int = _param(-1, "image-decoding worker processes (-1 = auto, 0 = in the main process)",
                               check=lambda v: None if v >= -1 else "must be -1 or >= 0")
-    run_precision: str = _param("fp32", "numeric precision of the forward pass",
+    run_precision: str = _param("auto", "numeric precision of the forward pass: 'auto' = bf16 autocast on CPUs "
+                                        "with native bf16 (AVX512-BF16/AMX), fp16 on GPUs, else fp32",
                                 choices=("auto", "fp32", "bf16", "fp16"))
 
     # --- evaluation ---------------------------------------------------------

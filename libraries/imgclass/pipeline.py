@@ -24,10 +24,11 @@ from imgclass.backbones import load_pretrained_extractor
 from imgclass.dedup import StraddlingPair, find_straddling_duplicates, hash_cache_path
 from imgclass.errors import ImgClassError, MissingArtifactError
 from imgclass.featurize import FeatureWriter, Featurizer, ImageFileDataset, extract_features
+from imgclass.featurize_cache import cache_index_path, file_stamp, find_reusable_features, make_recipe, write_cache_index
 from imgclass.layout import DatasetLayout, require
 from imgclass.parameters import Parameters
 from imgclass.refine import RefineConfig, RefineResult, refine
-from imgclass.runtime import default_workers, resolve_device, resolve_precision
+from imgclass.runtime import default_workers, featurize_workers, resolve_device, resolve_precision
 from imgclass.splits import (TEST, TRAIN, SplitRow, counts_per_class, list_dataset, read_dedicated_test_images,
                              read_split, split_dataset, write_split)
 from imgclass.svm import TrainedSvm, train_svm
@@ -137,21 +138,47 @@ class FeaturizeReport:
     device: str
     precision: str
     workers: int
+    #: images whose stored features were reused (unchanged file, featurizer and precision)
+    n_reused: int = 0
+
+    @property
+    def n_featurized(self) -> int:
+        """Images that went through the network in this run."""
+        return self.n_images - self.n_reused
 
 
 def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeReport:
-    """Step 3: features of every image in ``split.csv`` -> ``features.npy`` + ``features.csv`` + ``.json``."""
+    """Step 3: features of every image in ``split.csv`` -> ``features.npy`` + ``features.csv`` + ``.json``.
+
+    Features of images that are unchanged since the last run (same path, size
+    and mtime) and were made by the same featurizer (weights and input
+    recipe) at the same precision are copied from the previous
+    ``features.npy`` instead of recomputed (see :mod:`imgclass.featurize_cache`).
+    Rows are written batch by batch into a memory-mapped file, so memory does
+    not grow with the number of images.
+    """
     layout = DatasetLayout.from_parameters(params)
     rows = read_split(require(layout.split_csv, "scripts/1_prepareData.py"))
     featurizer = Featurizer.load(layout.featurizer_pth)
     device = resolve_device(params.run_device)
     dtype = resolve_precision(params.run_precision, device)
-    workers = default_workers(params.run_workers, device)
-    dataset = ImageFileDataset([layout.images_dir / r.path for r in rows], featurizer.transform)
+    workers = featurize_workers(params.run_workers, device)
+    precision = str(dtype).replace("torch.", "")
     start = time.perf_counter()
+    paths = [r.path for r in rows]
+    stamps = [file_stamp(layout.images_dir / p) for p in paths]
+    recipe = make_recipe(featurizer.fingerprint(), precision)
+    reusable = find_reusable_features(cache_index_path(layout), layout.features_npy, paths, stamps, recipe,
+                                      featurizer.output_dim)
+    todo = reusable.missing(len(rows))
+    failures: list[tuple[int, str]] = []
     with FeatureWriter(layout.features_npy, len(rows), featurizer.output_dim) as writer:
-        failures = extract_features(featurizer.network, dataset, writer, params.run_mbSize, device, dtype,
-                                    workers, progress)
+        reusable.copy_into(writer)
+        if len(todo):
+            dataset = ImageFileDataset([layout.images_dir / paths[i] for i in todo], featurizer.transform)
+            failures = [(int(todo[i]), message) for i, message in extract_features(
+                featurizer.network, dataset, lambda batch, values: writer(todo[batch], values), params.run_mbSize,
+                device, dtype, workers, progress)]
     seconds = time.perf_counter() - start
     failed = {index for index, _ in failures}
     buffer = io.StringIO()
@@ -159,13 +186,14 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     table.writerow(["row", "path", "label", "split", "ok"])
     table.writerows((i, r.path, r.label, r.split, int(i not in failed)) for i, r in enumerate(rows))
     write_text(layout.features_csv, buffer.getvalue())
-    precision = str(dtype).replace("torch.", "")
     write_json(layout.features_json, {**featurizer.describe(), "classifier": params.classifier,
                                       "precision": precision, "n_images": len(rows),
-                                      "n_unreadable": len(failures)})
+                                      "n_unreadable": len(failures), "n_reused_from_cache": len(reusable)})
+    write_cache_index(cache_index_path(layout), layout.features_npy, recipe, paths, stamps,
+                      (i not in failed for i in range(len(rows))))
     return FeaturizeReport(len(rows), featurizer.output_dim,
                            [(rows[i].path, message) for i, message in sorted(failures)],
-                           seconds, str(device), precision, workers)
+                           seconds, str(device), precision, workers, len(reusable))
 
 
 @dataclass

@@ -9,9 +9,11 @@ Two resize modes, chosen by ``rf_resizeMode``:
   centre square, as torchvision's ImageNet evaluation does. Objects near the
   border may be cut off.
 
-The output is a ``uint8`` tensor ``(3, R, R)``: normalisation happens inside
-the model (see :mod:`imgclass.backbones`), which keeps batches 4x smaller on
-their way from the loader processes and to the GPU.
+The output is a ``uint8`` tensor ``(3, R, R)`` (or, from :meth:`EvalTransform.to_array`,
+an ``(R, R, 3)`` array, which batches into channels-last without a copy):
+normalisation happens inside the model (see :mod:`imgclass.backbones`),
+which keeps batches 4x smaller on their way from the loader processes and to
+the GPU.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def scale_and_pad(image: Image.Image, resolution: int, fill: tuple[int, int, int]) -> Image.Image:
-    """Scale the longer side to ``resolution`` and centre the image on a square of ``fill``."""
-    width, height = image.size
+def _pad_placement(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(scaled size, top-left offset) of an image of ``size`` centred on the padded square."""
+    width, height = size
     scale = resolution / max(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return new_size, ((resolution - new_size[0]) // 2, (resolution - new_size[1]) // 2)
+
+
+def scale_and_pad(image: Image.Image, resolution: int, fill: tuple[int, int, int]) -> Image.Image:
+    """Scale the longer side to ``resolution`` and centre the image on a square of ``fill``."""
+    new_size, offset = _pad_placement(image.size, resolution)
     canvas = Image.new("RGB", (resolution, resolution), fill)
-    canvas.paste(_resize(image, new_size), ((resolution - new_size[0]) // 2, (resolution - new_size[1]) // 2))
+    canvas.paste(_resize(image, new_size), offset)
     return canvas
 
 
@@ -66,8 +74,19 @@ class EvalTransform:
 
     @property
     def draft_size(self) -> tuple[int, int]:
-        """Smallest decode size that loses nothing: JPEGs may be decoded at reduced scale down to it."""
-        side = self.resolution if self.resize_mode == "pad" else round(self.resolution / CROP_FRACTION)
+        """Decode size for :func:`imgclass.images.load_rgb`: JPEGs are decoded at reduced scale down to it.
+
+        PIL reduces a JPEG by the largest power of two (up to 8) that keeps
+        width >= ``draft_size[0]`` and height >= ``draft_size[1]``. ``crop``
+        needs the shorter side >= R/0.875: ``(S, S)``. ``pad`` needs only the
+        longer side >= R: ``(R, 1)`` keeps the width >= R, which is exact for
+        JPEGs stored in landscape (most camera files, whatever their EXIF
+        rotation) and merely conservative for portrait ones. A 1000x750 JPEG
+        is then decoded at 1/4 scale (250x188) instead of 1/2.
+        """
+        if self.resize_mode == "pad":
+            return (self.resolution, 1)
+        side = round(self.resolution / CROP_FRACTION)
         return (side, side)
 
     def to_square(self, image: Image.Image) -> Image.Image:
@@ -75,9 +94,32 @@ class EvalTransform:
             return scale_and_pad(image, self.resolution, self.fill)
         return resize_and_centre_crop(image, self.resolution)
 
+    def to_array(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """The square as an ``(R, R, 3)`` uint8 array, written into ``out`` if given.
+
+        Same pixels as :meth:`to_square`; for ``pad`` the canvas is filled in
+        numpy and only the scaled image is converted, one copy fewer.
+        """
+        side = self.resolution
+        if out is None:
+            out = np.empty((side, side, 3), dtype=np.uint8)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if self.resize_mode == "pad":
+            new_size, (left, top) = _pad_placement(image.size, side)
+            out[...] = self.fill
+            out[top:top + new_size[1], left:left + new_size[0]] = np.asarray(_resize(image, new_size))
+        else:
+            out[...] = np.asarray(self.to_square(image))
+        return out
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        array = np.asarray(self.to_square(image), dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+        return chw_tensor(self.to_array(image))
+
+
+def chw_tensor(array_hwc: np.ndarray) -> torch.Tensor:
+    """``(R, R, 3)`` array -> contiguous ``(3, R, R)`` tensor (a numpy copy: no thread-pool start-up)."""
+    return torch.from_numpy(np.ascontiguousarray(array_hwc.transpose(2, 0, 1)))
 
 
 def mean_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -78,7 +78,9 @@ def available_cpus() -> int:
 
 
 def default_workers(run_workers: int, device: torch.device) -> int:
-    """Decoding worker processes: ``run_workers``, or for -1 a choice that leaves the model its cores.
+    """Decoding worker processes for a loop that runs the network in this process (refinement).
+
+    ``run_workers``, or for -1 a choice that leaves the model its cores.
 
     On the CPU the forward pass needs the cores, so decoding gets at most a
     quarter of them (none on a machine with 2 or fewer); with a GPU, decoding
@@ -90,3 +92,26 @@ def default_workers(run_workers: int, device: torch.device) -> int:
     if device.type == "cuda":
         return max(1, min(8, cpus - 1))
     return 0 if cpus <= 2 else max(1, cpus // 4)
+
+
+#: most CPU processes step 3 starts by default (each holds its own activations)
+MAX_CPU_FEATURIZE_WORKERS = 8
+
+
+def featurize_workers(run_workers: int, device: torch.device) -> int:
+    """Worker processes for step 3: ``run_workers``, or for -1 the measured best choice.
+
+    On the CPU each worker decodes its own batches *and* runs the network on
+    them with ``cores // workers`` threads (see
+    :func:`imgclass.featurize.extract_features`): one worker per core, up to
+    :data:`MAX_CPU_FEATURIZE_WORKERS`, none on a single core. On 2 cores this
+    is about 1.3x the throughput of one process running 2 threads with
+    decoding in between (BENCHMARKS.md); larger machines were not measured.
+    With a GPU the workers only decode, as in :func:`default_workers`.
+    """
+    if run_workers >= 0:
+        return run_workers
+    if device.type != "cpu":
+        return default_workers(run_workers, device)
+    cpus = available_cpus()
+    return 0 if cpus == 1 else min(cpus, MAX_CPU_FEATURIZE_WORKERS)

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import StratifiedKFold, cross_validate
+from joblib import Parallel, delayed
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.svm import LinearSVC
@@ -56,32 +57,62 @@ class CSearchResult:
     best_C: float
 
 
+def _fit_and_score(C: float, l2_normalize: bool, random_state: int, X: np.ndarray, y: np.ndarray,
+                   train: np.ndarray, test: np.ndarray) -> tuple[float, float]:
+    """Accuracy on ``test`` of the SVM fitted on ``train``, and the seconds it took (one CV task)."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        model = make_svm(C, l2_normalize, random_state).fit(X[train], y[train])
+    return float(model.score(X[test], y[test])), time.perf_counter() - start
+
+
+def _fit_timed(C: float, l2_normalize: bool, random_state: int, X: np.ndarray,
+               y: np.ndarray) -> tuple[Pipeline, float]:
+    """The SVM for ``C`` fitted on all of ``X``, and the seconds it took."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        model = make_svm(C, l2_normalize, random_state).fit(X, y)
+    return model, time.perf_counter() - start
+
+
 def select_C(X_train: np.ndarray, y_train: np.ndarray, C_values: Sequence[float], folds: int = 5,
              l2_normalize: bool = True, random_state: int = 0, n_jobs: int | None = -1) -> CSearchResult:
     """Pick C by stratified k-fold cross-validated accuracy on the training set alone.
 
     Ties go to the smaller C (stronger regularisation). With a single C the
     cross-validation still runs, so its accuracy is reported.
+
+    All ``len(C_values) x folds`` fits are one pool of tasks for ``n_jobs``
+    processes (-1 = all cores), largest C first since those fits take longest:
+    no core waits for the slowest fold of one C before the next C starts.
+    ``cv_seconds`` per C is the fitting time of its folds, summed over processes.
     """
     X_train = np.asarray(X_train)
     y_train = np.asarray(y_train)
     if len(np.unique(y_train)) < 2:
         raise DatasetError("the SVM needs training images of at least 2 classes")
     n_folds = effective_folds(y_train, folds)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
-    means, stds, seconds = [], [], []
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)
         warnings.filterwarnings("ignore", message="The least populated class")
-        for C in C_values:
-            start = time.perf_counter()
-            scores = cross_validate(make_svm(C, l2_normalize, random_state), X_train, y_train,
-                                    cv=splitter, scoring="accuracy", n_jobs=n_jobs)["test_score"]
-            seconds.append(time.perf_counter() - start)
-            means.append(float(np.mean(scores)))
-            stds.append(float(np.std(scores)))
+        splits = list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
+                      .split(X_train, y_train))
+    tasks = sorted(((c, f) for c in range(len(C_values)) for f in range(n_folds)),
+                   key=lambda task: -C_values[task[0]])
+    results = Parallel(n_jobs=n_jobs)(
+        delayed(_fit_and_score)(float(C_values[c]), l2_normalize, random_state, X_train, y_train, *splits[f])
+        for c, f in tasks)
+    scores = np.zeros((len(C_values), n_folds))
+    seconds = np.zeros(len(C_values))
+    for (c, f), (score, took) in zip(tasks, results):
+        scores[c, f] = score
+        seconds[c] += took
+    means = [float(m) for m in scores.mean(axis=1)]
+    stds = [float(s) for s in scores.std(axis=1)]
     best = max(range(len(C_values)), key=lambda i: (round(means[i], 12), -C_values[i]))
-    return CSearchResult(list(map(float, C_values)), means, stds, seconds, n_folds, float(C_values[best]))
+    return CSearchResult(list(map(float, C_values)), means, stds, [float(s) for s in seconds], n_folds,
+                         float(C_values[best]))
 
 
 @dataclass
@@ -138,7 +169,7 @@ def train_svm(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], f
               C_values: Sequence[float], folds: int = 5, l2_normalize: bool = True, random_state: int = 0,
               n_jobs: int | None = -1, X_test: np.ndarray | None = None,
               y_test: np.ndarray | None = None) -> TrainedSvm:
-    """Choose C on the training set, then fit every C on the whole training set.
+    """Choose C on the training set, then fit every C on the whole training set (``n_jobs`` in parallel).
 
     Fitting every C (not only the chosen one) gives the per-C table of
     training and test accuracy the original printed; the test columns are
@@ -147,13 +178,15 @@ def train_svm(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], f
     search = select_C(X_train, y_train, C_values, folds, l2_normalize, random_state, n_jobs)
     chosen: Pipeline | None = None
     per_C: list[dict[str, float]] = []
+    order = sorted(range(len(search.C_values)), key=lambda i: -search.C_values[i])  # longest fits first
+    fitted = dict(zip(order, Parallel(n_jobs=n_jobs)(
+        delayed(_fit_timed)(search.C_values[i], l2_normalize, random_state, X_train, y_train) for i in order)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        for C, cv_acc in zip(search.C_values, search.cv_accuracy):
-            start = time.perf_counter()
-            model = make_svm(C, l2_normalize, random_state).fit(X_train, y_train)
+        for i, (C, cv_acc) in enumerate(zip(search.C_values, search.cv_accuracy)):
+            model, fit_seconds = fitted[i]
             row = {"C": C, "cv_accuracy": cv_acc, "train_accuracy": float(model.score(X_train, y_train)),
-                   "fit_seconds": time.perf_counter() - start}
+                   "fit_seconds": fit_seconds}
             if X_test is not None and y_test is not None and len(y_test):
                 row["test_accuracy"] = float(model.score(X_test, y_test))
             per_C.append(row)
@@ -164,5 +197,6 @@ def train_svm(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], f
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         calibrated = CalibratedClassifierCV(
             make_svm(search.best_C, l2_normalize, random_state), method="sigmoid",
-            cv=StratifiedKFold(search.folds, shuffle=True, random_state=random_state)).fit(X_train, y_train)
+            cv=StratifiedKFold(search.folds, shuffle=True, random_state=random_state),
+            n_jobs=n_jobs).fit(X_train, y_train)
     return TrainedSvm(chosen, list(labels), dict(featurizer), search.best_C, search, per_C, calibrated)
