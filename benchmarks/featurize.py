@@ -1,31 +1,37 @@
 """How fast is step 3, against the hardware limit and against the usual per-image loop?
 
-For each backbone, on the same images in one process:
+For each backbone, on the same images:
 
 1. **limit**: the bare network (``FeatureExtractor``: normalisation + backbone
    + pooling) on an already-decoded, already-batched uint8 tensor, at its
-   best settings here (``--batch`` images, channels-last, bf16 autocast where
-   the CPU has native bf16, else fp32); plain fp32 and fp32 channels-last are
-   printed too;
+   best settings here: channels-last, bf16 autocast where the CPU has native
+   bf16 (else fp32), the best of batch 32, 16 and 8, and the best of one
+   process using every core and one process per core (concurrent, one
+   thread each; batch 32 and 16). Plain fp32 and fp32 channels-last are printed too;
 2. **naive**: the img2vec-style loop: per image ``PIL.Image.open``,
    ``Resize((224, 224))``, ``ToTensor``, ``Normalize``, ``model(x.unsqueeze(0))``
-   in fp32 (on the first ``--naive-images`` images: it is slow);
+   in fp32 under ``torch.no_grad`` (on the first ``--naive-images`` images);
 3. **ours**: ``imgclass.pipeline.featurize_dataset`` end to end with the
-   default parameters (decode with JPEG draft mode, resize/pad, batch,
-   forward, write ``features.npy/.csv/.json``), the feature cache cleared first.
+   default parameters (``run_mbSize=32``; also 16, and ``run_workers=0`` for
+   one process): decode with JPEG draft mode, resize/pad, batch, forward,
+   write ``features.npy/.csv/.json``; the
+   feature cache is cleared before each timed run, which follows an untimed
+   one (page cache warm, as for any second run).
 
-Images: ``--photos`` generated photo-size JPEGs (1000x750, smooth gradients +
-shapes + noise, about 190 KB each, seeded) and the 179 demo images (about
-300x300). Peak RSS is the process's high-water mark during each method
-(reset in between through ``/proc/self/clear_refs``).
+Images: ``--photos`` (512) generated photo-size JPEGs (1000x750, smooth
+gradients + shapes + noise, about 190 KB each, seeded), each listed
+``--photo-copies`` (4) times, a 2,048-image dataset; and the 179 demo images
+(about 100x120 to 300x300). Memory is sampled every 50 ms over the process and its loader
+workers: summed RSS and summed PSS (shared pages split among processes).
 
 Other sections: ``--rss=500,5000`` featurizes that many photo-size JPEGs in a
-fresh process each and reports the peak RSS (memory must not grow with N);
-``--cache`` times a second run of step 3 (every row reused); ``--accuracy``
-compares SVM test accuracy on the demo data with fp32 and bf16 features
-(EfficientNet-Lite0 ImageNet weights, 5 split seeds).
+fresh process each and reports the peak memory (it must not grow with N);
+``--cache`` times a second run of step 3 (every row reused) and a run after
+one image changed; ``--accuracy`` compares SVM test accuracy on the demo
+data with fp32 and bf16 features (EfficientNet-Lite0 ImageNet weights, C by
+CV on the training part, ``--seeds`` split seeds).
 
-    python benchmarks/featurize.py                      # everything, about 15 minutes on 2 cores
+    python benchmarks/featurize.py                      # everything: about 25 minutes on 2 cores
     python benchmarks/featurize.py --sections=speed --backbones=resnet18 --sets=photo
 """
 
@@ -35,11 +41,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -116,33 +122,86 @@ def dataset_of(paths: list[Path], root: Path, copies: int = 1) -> DatasetLayout:
 
 
 # --- measurement helpers ------------------------------------------------------------------
-def reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark (Linux); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
 
 
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark in MB (since the last reset)."""
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in kB (PSS counts pages shared with other processes proportionally)."""
+    rss = pss = 0
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return rss, pss
 
 
-def measure(run: Callable[[], int]) -> tuple[float, float]:
-    """(images per second, peak RSS in MB) of ``run()``, which returns the number of images it did."""
-    reset_peak_rss()
-    start = time.perf_counter()
-    n = run()
-    seconds = time.perf_counter() - start
-    return n / seconds, peak_rss_mb()
+class PeakMemory:
+    """Samples this process and its children (loader workers) every 50 ms: peak summed RSS and PSS in MB.
+
+    Summed RSS counts memory shared between processes (the forked workers
+    share the parent's model weights and libraries) once per process; summed
+    PSS splits it among them, so it is the memory the run really occupies.
+    """
+
+    def __init__(self) -> None:
+        self.rss_mb = self.pss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        pids = [os.getpid(), *_descendants(os.getpid())]
+        totals = [sum(values) / 1024 for values in zip(*(_memory_kb(pid) for pid in pids))]
+        self.rss_mb, self.pss_mb = max(self.rss_mb, totals[0]), max(self.pss_mb, totals[1])
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def __enter__(self) -> "PeakMemory":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def rate(run: Callable[[], int], repeats: int = 2) -> float:
+    """Best images per second of ``repeats`` calls of ``run()``, which returns the number of images it did."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = run()
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def peak_memory(run: Callable[[], object]) -> PeakMemory:
+    """Peak memory of ``run()`` (a separate, untimed call: sampling slows the run down)."""
+    with PeakMemory() as memory:
+        run()
+    return memory
 
 
 def fresh_extractor(backbone: str, resolution: int) -> torch.nn.Module:
@@ -152,8 +211,8 @@ def fresh_extractor(backbone: str, resolution: int) -> torch.nn.Module:
 
 # --- the three methods ----------------------------------------------------------------------
 def limit(backbone: str, resolution: int, batch: int, dtype: torch.dtype, channels_last: bool,
-          seconds: float = 8.0) -> float:
-    """Images per second of forward passes on one pre-made uint8 batch (after a warm-up pass)."""
+          seconds: float = 5.0, ready: Callable[[], None] | None = None) -> float:
+    """Images per second of forward passes on one pre-made uint8 batch, after a warm-up pass (and ``ready()``)."""
     model = fresh_extractor(backbone, resolution)
     images = torch.randint(0, 256, (batch, resolution, resolution, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     if channels_last:
@@ -162,11 +221,39 @@ def limit(backbone: str, resolution: int, batch: int, dtype: torch.dtype, channe
         images = images.contiguous()
     with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
         model(images)
+        if ready is not None:
+            ready()
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or done < 2 * batch:
             model(images)
             done += batch
         return done / (time.perf_counter() - start)
+
+
+def limit_in_processes(backbone: str, resolution: int, batch: int, processes: int, seconds: float = 5.0) -> float:
+    """Summed images per second of ``processes`` concurrent processes, each with ``cores // processes`` threads.
+
+    Each process builds and warms up its model, says so, and starts timing
+    when all are ready, so the timed stretches overlap.
+    """
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    command = [sys.executable, __file__, "--sections=limit-child", f"--backbones={backbone}",
+               f"--resolution={resolution}", f"--batch={batch}", f"--limit-seconds={seconds}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                for _ in range(processes)]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    return sum(float(child.communicate()[0].split()[-1]) for child in children)
+
+
+def _ready_then_wait_for_go() -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
 
 
 def naive(backbone: str, resolution: int, paths: list[Path]) -> int:
@@ -198,88 +285,132 @@ def ours(layout: DatasetLayout, backbone: str, resolution: int, **overrides: obj
 
 # --- sections -------------------------------------------------------------------------------
 def speed(args: argparse.Namespace, work: Path) -> None:
-    sets = {"photo": make_photo_folder(work / "photos", args.photos), "demo": demo_image_paths()}
+    """The speed table: every number is the median of ``--rounds`` rounds, each measuring all columns in turn.
+
+    This machine's speed drifts by up to a third over minutes (a shared
+    virtual machine), so ours/limit is computed within each round, from
+    numbers taken a minute apart, and the median of those ratios reported.
+    """
+    photos = make_photo_folder(work / "photos", args.photos)
+    sets = {"photo": photos * args.photo_copies, "demo": demo_image_paths()}
     best_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    print(f"\n## Speed at {args.resolution} px (img/s; peak RSS in MB; limit = batch {args.batch}, "
-          f"channels-last, {str(best_dtype).replace('torch.', '')})")
-    print("| images | backbone | fp32 NCHW | fp32 channels-last | limit | ours | naive | ours/limit | ours/naive "
-          "| peak RSS limit / ours / naive | ours: precision, workers |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    dtype_name = str(best_dtype).replace("torch.", "")
+    cores = len(os.sched_getaffinity(0))
+    configs = [(b, p) for b in (int(b) for b in args.limit_batches.split(",")) for p in (1, cores)
+               if p == 1 or b >= 16]
+    print(f"\n## Speed at {args.resolution} px, img/s (forward passes: channels-last + {dtype_name} unless "
+          f"marked; limit = best forward-pass column of each round; medians of {args.rounds} rounds)")
+    print("| images | backbone | fp32 NCHW, 1 process | fp32 channels-last, 1 process | "
+          + " | ".join(f"{dtype_name}, {p} process{'es' if p > 1 else ''}, batch {b}" for b, p in configs) +
+          " | limit | ours (batch 32) | ours (batch 16) | ours, 1 process (batch 32) | naive "
+          "| ours/limit (range) | ours/naive |")
+    print("|---|---|---|---|" + "---|" * len(configs) + "---|---|---|---|---|---|---|")
+    memory_rows = []
     for set_name in args.sets.split(","):
         paths = sets[set_name]
         for backbone in args.backbones.split(","):
-            plain = limit(backbone, args.resolution, args.batch, torch.float32, channels_last=False)
-            cl = limit(backbone, args.resolution, args.batch, torch.float32, channels_last=True)
-            reset_peak_rss()
-            best = limit(backbone, args.resolution, args.batch, best_dtype, channels_last=True)
-            limit_rss = peak_rss_mb()
-            root = work / f"ours_{set_name}_{backbone}"
-            layout = dataset_of(paths, root)
-            info: dict = {}
+            plain = limit(backbone, args.resolution, args.batch, torch.float32, False, seconds=args.limit_seconds)
+            cl = limit(backbone, args.resolution, args.batch, torch.float32, True, seconds=args.limit_seconds)
+            variants = ((32, -1), (16, -1), (32, 0))  # (run_mbSize, run_workers)
+            layouts = {v: dataset_of(paths, work / f"ours_{set_name}_{backbone}_{v[0]}_{v[1]}") for v in variants}
+            details: dict = {}
 
-            def run_ours() -> int:
-                n, details = ours(layout, backbone, args.resolution)
-                info.update(details)
+            def run_ours(variant: tuple[int, int]) -> int:
+                n, info = ours(layouts[variant], backbone, args.resolution, run_mbSize=variant[0],
+                               run_workers=variant[1])
+                if variant == variants[0]:
+                    details.update(info)
                 return n
 
-            ours_rate, ours_rss = measure(run_ours)
-            naive_rate, naive_rss = measure(lambda: naive(backbone, args.resolution, paths[:args.naive_images]))
-            shutil.rmtree(root, ignore_errors=True)
-            print(f"| {set_name} ({len(paths)}) | {backbone} | {plain:.1f} | {cl:.1f} | {best:.1f} | {ours_rate:.1f} "
-                  f"| {naive_rate:.1f} | {ours_rate / best:.2f} | {ours_rate / naive_rate:.2f} "
-                  f"| {limit_rss:.0f} / {ours_rss:.0f} / {naive_rss:.0f} | {info['precision']}, {info['workers']} |",
-                  flush=True)
+            for variant in variants:
+                run_ours(variant)  # untimed first run: page cache, lazy imports
+            rounds = []
+            for _ in range(args.rounds):
+                forward = [limit(backbone, args.resolution, batch, best_dtype, True, seconds=args.limit_seconds)
+                           if processes == 1 else
+                           limit_in_processes(backbone, args.resolution, batch, processes, args.limit_seconds)
+                           for batch, processes in configs]
+                rounds.append(forward + [rate(lambda: run_ours(v), repeats=1) for v in variants[:2]])
+            table = np.array(rounds)
+            limits = table[:, :len(configs)].max(axis=1)
+            ratios = table[:, len(configs)] / limits
+            medians = np.append(np.median(table, axis=0), rate(lambda: run_ours(variants[2]), repeats=1))
+            naive_paths = paths[:args.naive_images]
+            naive_rate = rate(lambda: naive(backbone, args.resolution, naive_paths), repeats=1)
+            ours_memory = peak_memory(lambda: run_ours(variants[0]))
+            limit_memory = peak_memory(lambda: limit(backbone, args.resolution, 32, best_dtype, True, seconds=2))
+            naive_memory = peak_memory(lambda: naive(backbone, args.resolution, naive_paths[:16]))
+            for layout in layouts.values():
+                shutil.rmtree(layout.root, ignore_errors=True)
+            ours32, ours16, ours1 = medians[len(configs):]
+            print(f"| {set_name} ({len(paths)}) | {backbone} | {plain:.1f} | {cl:.1f} | "
+                  + " | ".join(f"{r:.1f}" for r in medians[:len(configs)]) +
+                  f" | **{np.median(limits):.1f}** | **{ours32:.1f}** | {ours16:.1f} | {ours1:.1f} | {naive_rate:.1f} "
+                  f"| **{np.median(ratios):.2f}** ({ratios.min():.2f}-{ratios.max():.2f}) "
+                  f"| {ours32 / naive_rate:.2f} |", flush=True)
+            memory_rows.append(f"| {set_name} | {backbone} | {limit_memory.rss_mb:.0f} | {ours_memory.rss_mb:.0f} "
+                               f"/ {ours_memory.pss_mb:.0f} | {naive_memory.rss_mb:.0f} | {details['precision']}, "
+                               f"{details['workers']} worker processes |")
+    print("\n## Peak memory of the speed runs (MB; ours: summed RSS / summed PSS of the process and its workers)")
+    print("| images | backbone | limit (1 process) | ours (batch 32) | naive | ours: precision, workers |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(memory_rows))
 
 
 def rss_child(args: argparse.Namespace, work: Path) -> None:
-    """In a fresh process: featurize ``--rss-images`` photo-size JPEGs, print peak RSS as JSON."""
+    """In a fresh process: featurize ``--rss-images`` photo-size JPEGs, print peak memory as JSON."""
     photos = make_photo_folder(work / "photos", args.photos)
     copies = -(-args.rss_images // len(photos))
     root = Path(tempfile.mkdtemp(prefix="rss_", dir=work))
     layout = dataset_of(photos, root, copies)
     rows = (layout.split_csv.read_text().splitlines())[: args.rss_images + 1]
     layout.split_csv.write_text("\n".join(rows) + "\n")
-    start = time.perf_counter()
-    n, details = ours(layout, args.rss_backbone, args.resolution)
-    seconds = time.perf_counter() - start
-    usage_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    usage_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        n, details = ours(layout, args.rss_backbone, args.resolution, run_workers=args.rss_workers)
+        seconds = time.perf_counter() - start
     features_mb = np.load(layout.features_npy, mmap_mode="r").nbytes / 2**20
     shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({"images": n, "peak_rss_mb": usage_self, "largest_worker_peak_rss_mb": usage_children,
+    print(json.dumps({"images": n, "rss_mb": memory.rss_mb, "pss_mb": memory.pss_mb,
                       "features_mb": features_mb, "img_per_s": n / seconds, **details}))
 
 
 def rss(args: argparse.Namespace, work: Path) -> None:
-    print(f"\n## Peak RSS of step 3 ({args.rss_backbone}, photo-size JPEGs, fresh process each)")
-    print("| images | peak RSS main process (MB) | largest loader worker (MB) | features.npy (MB) | img/s |")
-    print("|---|---|---|---|---|")
-    for count in (int(c) for c in args.rss.split(",")):
-        result = subprocess.run([sys.executable, __file__, "--sections=rss-child", f"--rss-images={count}",
-                                 f"--rss-backbone={args.rss_backbone}", f"--work={work}", f"--photos={args.photos}",
-                                 f"--resolution={args.resolution}"], capture_output=True, text=True, check=True)
-        data = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {data['images']} | {data['peak_rss_mb']:.0f} | {data['largest_worker_peak_rss_mb']:.0f} "
-              f"| {data['features_mb']:.1f} | {data['img_per_s']:.1f} |", flush=True)
+    print(f"\n## Peak memory of step 3 by number of images ({args.rss_backbone}, photo-size JPEGs, fresh process "
+          "each; summed over the process and its workers)")
+    print("| images | peak RSS (MB) | peak PSS (MB) | features.npy (MB) | img/s (while sampled) | precision, workers |")
+    print("|---|---|---|---|---|---|")
+    for workers in (-1, 0):
+        for count in (int(c) for c in args.rss.split(",")):
+            result = subprocess.run([sys.executable, __file__, "--sections=rss-child", f"--rss-images={count}",
+                                     f"--rss-backbone={args.rss_backbone}", f"--work={work}",
+                                     f"--photos={args.photos}", f"--resolution={args.resolution}",
+                                     f"--rss-workers={workers}"], capture_output=True, text=True, check=True)
+            data = json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"| {data['images']} | {data['rss_mb']:.0f} | {data['pss_mb']:.0f} | {data['features_mb']:.1f} "
+                  f"| {data['img_per_s']:.1f} | {data['precision']}, {data['workers']} |", flush=True)
 
 
 def cache(args: argparse.Namespace, work: Path) -> None:
+    """Script 3 three times: from scratch, unchanged, after one image was touched; prints what it said."""
     photos = make_photo_folder(work / "photos", args.photos)
     root = work / "cache"
+    shutil.rmtree(root, ignore_errors=True)
     layout = dataset_of(photos, root)
-    backbone = args.rss_backbone
-    params = load_parameters(rootDir=str(root), datasetName=layout.dataset, rf_pretrainedModelFilename=backbone,
-                             rf_inputResolution=args.resolution)
-    _, first = ours(layout, backbone, args.resolution)  # first run: featurizes everything
-    second = featurize_dataset(params, progress=False)
-    os.utime(layout.images_dir / "c1/000_00001.jpg")  # one image "changed"
-    third = featurize_dataset(params, progress=False)
-    print(f"\n## Feature cache ({backbone}, {len(photos)} photo-size JPEGs)")
-    print("| run | reused | featurized | seconds |")
-    print("|---|---|---|---|")
-    print(f"| first run | 0 | {len(photos)} | {first['seconds']:.2f} |")
-    print(f"| second run, nothing changed | {second.n_reused} | {second.n_featurized} | {second.seconds:.2f} |")
-    print(f"| one image touched | {third.n_reused} | {third.n_featurized} | {third.seconds:.2f} |")
+    backbone = args.cache_backbone
+    Featurizer(fresh_extractor(backbone, args.resolution), "pad", "random initialisation").save(layout.featurizer_pth)
+    command = [sys.executable, str(PROJECT_DIR / "scripts" / "3_runDNN.py"), f"--rootDir={root}",
+               f"--datasetName={layout.dataset}"]
+    print(f"\n## Feature cache: scripts/3_runDNN.py on {len(photos)} photo-size JPEGs ({backbone})")
+    print("| run | wall seconds (incl. Python start-up) | script 3 said |")
+    print("|---|---|---|")
+    for name in ("first run", "second run, nothing changed", "after touching one image"):
+        if name.startswith("after"):
+            os.utime(layout.images_dir / "c1/000_00001.jpg")
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        said = " / ".join(line for line in result.stdout.splitlines() if not line.startswith("Wrote"))
+        print(f"| {name} | {time.perf_counter() - start:.1f} | {said} |", flush=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -331,14 +462,22 @@ def main() -> None:
     parser.add_argument("--sections", default="speed,rss,cache,accuracy")
     parser.add_argument("--backbones", default="resnet18,resnet50,efficientnet_lite0")
     parser.add_argument("--sets", default="photo,demo", help="photo: generated 1000x750 JPEGs; demo: the 179 demo images")
-    parser.add_argument("--photos", type=int, default=256, help="photo-size JPEGs to generate")
+    parser.add_argument("--photos", type=int, default=512, help="photo-size JPEGs to generate")
     parser.add_argument("--naive-images", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="batch of the fp32 forward-pass columns")
+    parser.add_argument("--limit-batches", default="32,16,8", help="batch sizes tried for the limit (8: 1 process)")
+    parser.add_argument("--photo-copies", type=int, default=4,
+                        help="the photo set lists each generated JPEG this often (hard links): a dataset of "
+                             "photos x copies images, so that start-up costs weigh as in a real dataset")
+    parser.add_argument("--limit-seconds", type=float, default=5.0, help="duration of each forward-pass measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the speed table (medians are reported)")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--rss", default="500,5000")
     parser.add_argument("--rss-images", type=int, default=500)
-    parser.add_argument("--rss-backbone", default="resnet18")
+    parser.add_argument("--rss-backbone", default="resnet50")
+    parser.add_argument("--rss-workers", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--accuracy-backbone", default="efficientnet_lite0")
+    parser.add_argument("--cache-backbone", default="resnet50")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "imgclass_featurize_bench"))
     args = parser.parse_args()
@@ -348,6 +487,11 @@ def main() -> None:
     if sections == ["rss-child"]:
         rss_child(args, work)
         return
+    if sections == ["limit-child"]:
+        best_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        print(limit(args.backbones, args.resolution, args.batch, best_dtype, True, args.limit_seconds,
+                    _ready_then_wait_for_go))
+        return
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), native bf16: {cpu_has_fast_bf16()}, "
           f"step-3 worker processes: {featurize_workers(-1, torch.device('cpu'))}, load average "
@@ -355,6 +499,7 @@ def main() -> None:
     for name, section in (("speed", speed), ("rss", rss), ("cache", cache), ("accuracy", accuracy)):
         if name in sections:
             section(args, work)
+            print(f"(load average after '{name}': {', '.join(f'{v:.2f}' for v in os.getloadavg())})", flush=True)
 
 
 if __name__ == "__main__":

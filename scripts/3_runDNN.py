@@ -24,8 +24,9 @@ def main(argv: list[str]) -> None:
     report = featurize_dataset(params, progress=sys.stderr.isatty())
     if report.n_featurized:
         rate = report.n_featurized / report.seconds if report.seconds > 0 else float("inf")
-        print(f"Featurized {report.n_featurized} images -> {report.feature_dim} floats each in {report.seconds:.1f} s "
-              f"({rate:.1f} img/s; device {report.device}, {report.precision}, {report.workers} worker processes)")
+        print(f"Featurized {report.n_featurized} image{'s' * (report.n_featurized != 1)} -> {report.feature_dim} "
+              f"floats each in {report.seconds:.1f} s ({rate:.1f} img/s; device {report.device}, {report.precision}, "
+              f"{report.workers} worker process{'es' * (report.workers != 1)})")
     if report.n_reused:
         print(f"Reused the stored features of {report.n_reused} of {report.n_images} images (unchanged files, "
               f"same featurizer, {report.precision}); delete {cache_index_path(layout)} to recompute them")

@@ -203,7 +203,14 @@ def test_step_3_writes_each_batch_as_it_comes(tmp_path: Path, monkeypatch: pytes
     assert np.isfinite(np.load(DatasetLayout.from_parameters(params).features_npy)).all()
 
 
-def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featurizer: Featurizer) -> None:
+def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featurizer: Featurizer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclass.featurize
+
+    started: list[int] = []
+    real = imgclass.featurize._featurized_batches
+    monkeypatch.setattr(imgclass.featurize, "_featurized_batches",
+                        lambda *args: started.append(args[-1]) or real(*args))
     paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(7)]
     (tmp_path / "bad.jpg").write_bytes(b"broken")
     paths.insert(3, tmp_path / "bad.jpg")
@@ -217,7 +224,26 @@ def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featur
             out[rows] = values
 
         failures = extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform), store,
-                                    batch_size=3, workers=workers, progress=False)
-        assert calls == [[0, 1, 2], [3, 4, 5], [6, 7]] and [i for i, _ in failures] == [3]
+                                    batch_size=2, workers=workers, progress=False)
+        assert calls == [[0, 1], [2, 3], [4, 5], [6, 7]] and [i for i, _ in failures] == [3]
         results[workers] = out
+    assert started == [2]  # the worker processes ran the network
     np.testing.assert_allclose(results[2], results[0], rtol=1e-4, atol=1e-5, equal_nan=True)
+    extract_features(featurizer.extractor, ImageFileDataset(paths[:6], featurizer.transform), lambda *a: None,
+                     batch_size=2, workers=2, progress=False)
+    assert started == [2]  # 3 batches for 2 workers: done in this process
+
+
+def test_the_cpu_forward_pass_takes_a_batch_in_small_chunks(tmp_path: Path, featurizer: Featurizer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclass.featurize
+
+    monkeypatch.setattr(imgclass.featurize, "CPU_FORWARD_BATCH", 2)
+    seen: list[int] = []
+    hook = featurizer.extractor.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(5)]
+    delivered: list[int] = []
+    extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform),
+                     lambda rows, values: delivered.append(len(values)), batch_size=5, progress=False)
+    hook.remove()
+    assert seen == [2, 2, 1] and delivered == [5]  # the writer still gets whole batches

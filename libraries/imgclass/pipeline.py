@@ -23,7 +23,7 @@ from imgclass.atomic import atomic_path, write_json, write_text
 from imgclass.backbones import load_pretrained_extractor
 from imgclass.dedup import StraddlingPair, find_straddling_duplicates, hash_cache_path
 from imgclass.errors import ImgClassError, MissingArtifactError
-from imgclass.featurize import FeatureWriter, Featurizer, ImageFileDataset, extract_features
+from imgclass.featurize import FeatureWriter, Featurizer, ImageFileDataset, effective_workers, extract_features
 from imgclass.featurize_cache import cache_index_path, file_stamp, find_reusable_features, make_recipe, write_cache_index
 from imgclass.layout import DatasetLayout, require
 from imgclass.parameters import Parameters
@@ -172,6 +172,7 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
                                       featurizer.output_dim)
     todo = reusable.missing(len(rows))
     failures: list[tuple[int, str]] = []
+    workers = effective_workers(len(todo), params.run_mbSize, workers, device)
     with FeatureWriter(layout.features_npy, len(rows), featurizer.output_dim) as writer:
         reusable.copy_into(writer)
         if len(todo):
