@@ -26,6 +26,10 @@ from imgclass.errors import DatasetError
 
 MAX_ITER = 20000
 
+# joblib's process pool restarts a worker whose memory grew (its leak guard) and says so with this
+# warning; the task is simply run again, results are unaffected, and users cannot act on it.
+warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
+
 
 def make_svm(C: float, l2_normalize: bool = True, random_state: int = 0) -> Pipeline:
     """Optional per-sample L2 normalisation, then ``LinearSVC(class_weight='balanced')``.
