@@ -7,14 +7,14 @@ For each backbone, on the same images:
    best settings here: channels-last, bf16 autocast where the CPU has native
    bf16 (else fp32), the best of batch 32, 16 and 8, and the best of one
    process using every core and one process per core (concurrent, one
-   thread each; batch 32 and 16). Plain fp32 and fp32 channels-last are printed too;
+   thread each; batch 16). Plain fp32 and fp32 channels-last are printed too;
 2. **naive**: the img2vec-style loop: per image ``PIL.Image.open``,
    ``Resize((224, 224))``, ``ToTensor``, ``Normalize``, ``model(x.unsqueeze(0))``
    in fp32 under ``torch.no_grad`` (on the first ``--naive-images`` images);
 3. **ours**: ``imgclass.pipeline.featurize_dataset`` end to end with the
-   default parameters (``run_mbSize=32``; also 16, and ``run_workers=0`` for
-   one process): decode with JPEG draft mode, resize/pad, batch, forward,
-   write ``features.npy/.csv/.json``; the
+   default parameters (and once with ``run_workers=0``, one process):
+   decode with JPEG draft mode, resize/pad, batch, forward, write
+   ``features.npy/.csv/.json``; the
    feature cache is cleared before each timed run, which follows an untimed
    one (page cache warm, as for any second run).
 
@@ -297,21 +297,20 @@ def speed(args: argparse.Namespace, work: Path) -> None:
     dtype_name = str(best_dtype).replace("torch.", "")
     cores = len(os.sched_getaffinity(0))
     configs = [(b, p) for b in (int(b) for b in args.limit_batches.split(",")) for p in (1, cores)
-               if p == 1 or b >= 16]
+               if p == 1 or b == 16]
     print(f"\n## Speed at {args.resolution} px, img/s (forward passes: channels-last + {dtype_name} unless "
           f"marked; limit = best forward-pass column of each round; medians of {args.rounds} rounds)")
     print("| images | backbone | fp32 NCHW, 1 process | fp32 channels-last, 1 process | "
           + " | ".join(f"{dtype_name}, {p} process{'es' if p > 1 else ''}, batch {b}" for b, p in configs) +
-          " | limit | ours (batch 32) | ours (batch 16) | ours, 1 process (batch 32) | naive "
-          "| ours/limit (range) | ours/naive |")
-    print("|---|---|---|---|" + "---|" * len(configs) + "---|---|---|---|---|---|---|")
+          " | limit | ours | ours, 1 process (run_workers=0) | naive | ours/limit (range) | ours/naive |")
+    print("|---|---|---|---|" + "---|" * len(configs) + "---|---|---|---|---|---|")
     memory_rows = []
     for set_name in args.sets.split(","):
         paths = sets[set_name]
         for backbone in args.backbones.split(","):
             plain = limit(backbone, args.resolution, args.batch, torch.float32, False, seconds=args.limit_seconds)
             cl = limit(backbone, args.resolution, args.batch, torch.float32, True, seconds=args.limit_seconds)
-            variants = ((32, -1), (16, -1), (32, 0))  # (run_mbSize, run_workers)
+            variants = ((32, -1), (32, 0))  # (run_mbSize, run_workers): the defaults, and one process
             layouts = {v: dataset_of(paths, work / f"ours_{set_name}_{backbone}_{v[0]}_{v[1]}") for v in variants}
             details: dict = {}
 
@@ -330,11 +329,11 @@ def speed(args: argparse.Namespace, work: Path) -> None:
                            if processes == 1 else
                            limit_in_processes(backbone, args.resolution, batch, processes, args.limit_seconds)
                            for batch, processes in configs]
-                rounds.append(forward + [rate(lambda: run_ours(v), repeats=1) for v in variants[:2]])
+                rounds.append(forward + [rate(lambda: run_ours(v), repeats=1) for v in variants])
             table = np.array(rounds)
             limits = table[:, :len(configs)].max(axis=1)
             ratios = table[:, len(configs)] / limits
-            medians = np.append(np.median(table, axis=0), rate(lambda: run_ours(variants[2]), repeats=1))
+            medians = np.median(table, axis=0)
             naive_paths = paths[:args.naive_images]
             naive_rate = rate(lambda: naive(backbone, args.resolution, naive_paths), repeats=1)
             ours_memory = peak_memory(lambda: run_ours(variants[0]))
@@ -342,17 +341,17 @@ def speed(args: argparse.Namespace, work: Path) -> None:
             naive_memory = peak_memory(lambda: naive(backbone, args.resolution, naive_paths[:16]))
             for layout in layouts.values():
                 shutil.rmtree(layout.root, ignore_errors=True)
-            ours32, ours16, ours1 = medians[len(configs):]
+            ours_rate, ours_one_process = medians[len(configs):]
             print(f"| {set_name} ({len(paths)}) | {backbone} | {plain:.1f} | {cl:.1f} | "
                   + " | ".join(f"{r:.1f}" for r in medians[:len(configs)]) +
-                  f" | **{np.median(limits):.1f}** | **{ours32:.1f}** | {ours16:.1f} | {ours1:.1f} | {naive_rate:.1f} "
+                  f" | **{np.median(limits):.1f}** | **{ours_rate:.1f}** | {ours_one_process:.1f} | {naive_rate:.1f} "
                   f"| **{np.median(ratios):.2f}** ({ratios.min():.2f}-{ratios.max():.2f}) "
-                  f"| {ours32 / naive_rate:.2f} |", flush=True)
+                  f"| {ours_rate / naive_rate:.2f} |", flush=True)
             memory_rows.append(f"| {set_name} | {backbone} | {limit_memory.rss_mb:.0f} | {ours_memory.rss_mb:.0f} "
                                f"/ {ours_memory.pss_mb:.0f} | {naive_memory.rss_mb:.0f} | {details['precision']}, "
                                f"{details['workers']} worker processes |")
     print("\n## Peak memory of the speed runs (MB; ours: summed RSS / summed PSS of the process and its workers)")
-    print("| images | backbone | limit (1 process) | ours (batch 32) | naive | ours: precision, workers |")
+    print("| images | backbone | limit (1 process) | ours | naive | ours: precision, workers |")
     print("|---|---|---|---|---|---|")
     print("\n".join(memory_rows))
 
@@ -465,7 +464,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=512, help="photo-size JPEGs to generate")
     parser.add_argument("--naive-images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32, help="batch of the fp32 forward-pass columns")
-    parser.add_argument("--limit-batches", default="32,16,8", help="batch sizes tried for the limit (8: 1 process)")
+    parser.add_argument("--limit-batches", default="32,16,8", help="batch sizes tried for the limit (16 also with "
+                                                                 "one process per core)")
     parser.add_argument("--photo-copies", type=int, default=4,
                         help="the photo set lists each generated JPEG this often (hard links): a dataset of "
                              "photos x copies images, so that start-up costs weigh as in a real dataset")

@@ -224,14 +224,14 @@ def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featur
             out[rows] = values
 
         failures = extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform), store,
-                                    batch_size=2, workers=workers, progress=False)
-        assert calls == [[0, 1], [2, 3], [4, 5], [6, 7]] and [i for i, _ in failures] == [3]
+                                    batch_size=1, workers=workers, progress=False)
+        assert calls == [[i] for i in range(8)] and [i for i, _ in failures] == [3]
         results[workers] = out
     assert started == [2]  # the worker processes ran the network
     np.testing.assert_allclose(results[2], results[0], rtol=1e-4, atol=1e-5, equal_nan=True)
-    extract_features(featurizer.extractor, ImageFileDataset(paths[:6], featurizer.transform), lambda *a: None,
-                     batch_size=2, workers=2, progress=False)
-    assert started == [2]  # 3 batches for 2 workers: done in this process
+    extract_features(featurizer.extractor, ImageFileDataset(paths[:7], featurizer.transform), lambda *a: None,
+                     batch_size=1, workers=2, progress=False)
+    assert started == [2]  # 7 batches for 2 workers: done in this process
 
 
 def test_the_cpu_forward_pass_takes_a_batch_in_small_chunks(tmp_path: Path, featurizer: Featurizer,
@@ -247,3 +247,21 @@ def test_the_cpu_forward_pass_takes_a_batch_in_small_chunks(tmp_path: Path, feat
                      lambda rows, values: delivered.append(len(values)), batch_size=5, progress=False)
     hook.remove()
     assert seen == [2, 2, 1] and delivered == [5]  # the writer still gets whole batches
+
+
+def test_cpu_workers_with_several_threads_each_start_fresh_and_finish(tmp_path: Path, featurizer: Featurizer,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked child hangs in GNU OpenMP once the parent used it: multi-threaded workers must be spawned."""
+    import imgclass.featurize
+
+    monkeypatch.setattr(imgclass.featurize, "available_cpus", lambda: 4)  # 2 workers x 2 threads
+    with torch.inference_mode():  # the parent has used its OpenMP thread pool
+        featurizer.extractor(torch.zeros((2, 3, 32, 32), dtype=torch.uint8))
+    paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(8)]
+    out = {}
+    for workers in (0, 2):
+        rows = np.zeros((8, 512), dtype=np.float32)
+        extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform),
+                         lambda r, v: rows.__setitem__(r, v), batch_size=1, workers=workers, progress=False)
+        out[workers] = rows
+    np.testing.assert_allclose(out[2], out[0], rtol=1e-4, atol=1e-5)

@@ -199,6 +199,8 @@ class ImageBatches(Dataset):
 
 #: largest number of images per forward pass on the CPU (measured: see :class:`DevicePlan`)
 CPU_FORWARD_BATCH = 16
+#: CPU worker processes start only for jobs of at least this many batches per worker
+MIN_BATCHES_PER_CPU_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -287,20 +289,25 @@ def _featurized_batches(dataset: ImageFileDataset, batch_size: int, network: nn.
                         workers: int) -> Iterator[_Batch]:
     """Network outputs batch by batch, in order, computed by ``workers`` CPU processes sharing the cores."""
     threads = max(1, available_cpus() // workers)
+    # GNU OpenMP (torch's thread pool on Linux) hangs in a forked child once the parent has used it, so
+    # workers that need more than one thread start fresh interpreters ("spawn": slower to start, safe).
+    context = None if threads == 1 else "spawn"
     loader = DataLoader(_FeaturizedBatches(ImageBatches(dataset, batch_size), network, dtype, threads),
                         batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
-                        prefetch_factor=2)
+                        prefetch_factor=2, multiprocessing_context=context)
     return iter(loader)
 
 
 def effective_workers(n_images: int, batch_size: int, workers: int, device: torch.device) -> int:
     """The worker processes :func:`extract_features` really starts for ``n_images``.
 
-    On the CPU a job of fewer than 2 batches per worker runs in the calling
-    process: starting the workers (and their first, slow forward pass) would
-    cost more than they save.
+    On the CPU a job of fewer than :data:`MIN_BATCHES_PER_CPU_WORKER` batches
+    per worker runs in the calling process: starting the workers (each with a
+    first, slow forward pass) costs about 0.4 s here, more than such a job
+    gains from them (the 179 demo images: 150 img/s in one process, 120 with
+    2 workers).
     """
-    if device.type == "cpu" and -(-n_images // batch_size) < 2 * workers:
+    if device.type == "cpu" and -(-n_images // batch_size) < MIN_BATCHES_PER_CPU_WORKER * workers:
         return 0
     return workers
 
@@ -329,8 +336,7 @@ def extract_features(extractor: torch.nn.Module, dataset: ImageFileDataset, on_b
 
     - on the CPU each worker decodes its batches and runs the network on them
       with ``cores // workers`` threads; this process only collects the rows
-      (a job of fewer than 2 batches per worker runs here instead, see
-      :func:`effective_workers`);
+      (a small job runs here instead, see :func:`effective_workers`);
     - on a GPU (or MPS) the workers decode and this process runs the network.
       A batch's features are fetched from the device only after the next
       batch has been started, so the GPU is not left waiting for the host.
