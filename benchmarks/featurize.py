@@ -21,17 +21,22 @@ For each backbone, on the same images:
 Images: ``--photos`` (512) generated photo-size JPEGs (1000x750, smooth
 gradients + shapes + noise, about 190 KB each, seeded), each listed
 ``--photo-copies`` (4) times, a 2,048-image dataset; and the 179 demo images
-(about 100x120 to 300x300). Memory is sampled every 50 ms over the process and its loader
-workers: summed RSS and summed PSS (shared pages split among processes).
+(about 100x120 to 300x300). Each speed number is the median of ``--rounds``
+rounds that measure every column in turn, and ours/limit is computed within
+each round: this virtual machine's speed drifts by up to a third.
 
-Other sections: ``--rss=500,5000`` featurizes that many photo-size JPEGs in a
-fresh process each and reports the peak memory (it must not grow with N);
-``--cache`` times a second run of step 3 (every row reused) and a run after
-one image changed; ``--accuracy`` compares SVM test accuracy on the demo
-data with fp32 and bf16 features (EfficientNet-Lite0 ImageNet weights, C by
-CV on the training part, ``--seeds`` split seeds).
+Other sections (``--sections``): ``rss`` featurizes ``--rss`` (500 and 5000)
+photo-size JPEGs in a fresh process each, with the default workers and with
+``run_workers=0``, sampling memory every 50 ms over the process and its
+workers: summed RSS, and summed PSS (pages shared between the processes,
+such as the forked workers' copy of the parent, counted once); it must not
+grow with N. ``cache`` runs ``scripts/3_runDNN.py`` three times (from
+scratch, unchanged, one image touched) and shows what it printed.
+``accuracy`` compares SVM test accuracy on the demo data with fp32 and bf16
+features (EfficientNet-Lite0 ImageNet weights, C by CV on the training part,
+``--seeds`` split seeds).
 
-    python benchmarks/featurize.py                      # everything: about 25 minutes on 2 cores
+    python benchmarks/featurize.py                      # everything: about 45 minutes on 2 cores
     python benchmarks/featurize.py --sections=speed --backbones=resnet18 --sets=photo
 """
 
@@ -197,13 +202,6 @@ def rate(run: Callable[[], int], repeats: int = 2) -> float:
     return best
 
 
-def peak_memory(run: Callable[[], object]) -> PeakMemory:
-    """Peak memory of ``run()`` (a separate, untimed call: sampling slows the run down)."""
-    with PeakMemory() as memory:
-        run()
-    return memory
-
-
 def fresh_extractor(backbone: str, resolution: int) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_feature_extractor(backbone, resolution)  # random weights: the speed is the same
@@ -302,9 +300,9 @@ def speed(args: argparse.Namespace, work: Path) -> None:
           f"marked; limit = best forward-pass column of each round; medians of {args.rounds} rounds)")
     print("| images | backbone | fp32 NCHW, 1 process | fp32 channels-last, 1 process | "
           + " | ".join(f"{dtype_name}, {p} process{'es' if p > 1 else ''}, batch {b}" for b, p in configs) +
-          " | limit | ours | ours, 1 process (run_workers=0) | naive | ours/limit (range) | ours/naive |")
-    print("|---|---|---|---|" + "---|" * len(configs) + "---|---|---|---|---|---|")
-    memory_rows = []
+          " | limit | ours | ours, 1 process (run_workers=0) | naive | ours/limit (range) | ours/naive "
+          "| ours: precision, workers |")
+    print("|---|---|---|---|" + "---|" * len(configs) + "---|---|---|---|---|---|---|")
     for set_name in args.sets.split(","):
         paths = sets[set_name]
         for backbone in args.backbones.split(","):
@@ -336,9 +334,6 @@ def speed(args: argparse.Namespace, work: Path) -> None:
             medians = np.median(table, axis=0)
             naive_paths = paths[:args.naive_images]
             naive_rate = rate(lambda: naive(backbone, args.resolution, naive_paths), repeats=1)
-            ours_memory = peak_memory(lambda: run_ours(variants[0]))
-            limit_memory = peak_memory(lambda: limit(backbone, args.resolution, 32, best_dtype, True, seconds=2))
-            naive_memory = peak_memory(lambda: naive(backbone, args.resolution, naive_paths[:16]))
             for layout in layouts.values():
                 shutil.rmtree(layout.root, ignore_errors=True)
             ours_rate, ours_one_process = medians[len(configs):]
@@ -346,14 +341,7 @@ def speed(args: argparse.Namespace, work: Path) -> None:
                   + " | ".join(f"{r:.1f}" for r in medians[:len(configs)]) +
                   f" | **{np.median(limits):.1f}** | **{ours_rate:.1f}** | {ours_one_process:.1f} | {naive_rate:.1f} "
                   f"| **{np.median(ratios):.2f}** ({ratios.min():.2f}-{ratios.max():.2f}) "
-                  f"| {ours_rate / naive_rate:.2f} |", flush=True)
-            memory_rows.append(f"| {set_name} | {backbone} | {limit_memory.rss_mb:.0f} | {ours_memory.rss_mb:.0f} "
-                               f"/ {ours_memory.pss_mb:.0f} | {naive_memory.rss_mb:.0f} | {details['precision']}, "
-                               f"{details['workers']} worker processes |")
-    print("\n## Peak memory of the speed runs (MB; ours: summed RSS / summed PSS of the process and its workers)")
-    print("| images | backbone | limit (1 process) | ours | naive | ours: precision, workers |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(memory_rows))
+                  f"| {ours_rate / naive_rate:.2f} | {details['precision']}, {details['workers']} |", flush=True)
 
 
 def rss_child(args: argparse.Namespace, work: Path) -> None:

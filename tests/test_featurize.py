@@ -96,6 +96,20 @@ def test_feature_writer_is_atomic(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["features.npy"]
 
 
+def test_feature_writer_takes_rows_in_any_order_and_keeps_no_matrix(tmp_path: Path) -> None:
+    target = tmp_path / "features.npy"
+    values = np.arange(30, dtype=np.float32).reshape(10, 3)
+    with FeatureWriter(target, 10, 3) as writer:
+        writer(np.array([7, 8, 9]), values[7:])
+        writer(np.array([4, 0, 1, 5]), values[[4, 0, 1, 5]])
+        writer(np.array([2, 3, 6]), values[[2, 3, 6]].astype(np.float64))  # converted to float32
+        assert not any(isinstance(v, np.ndarray) and v.size >= 30 for v in vars(writer).values())
+        with pytest.raises(IndexError):
+            writer(np.array([10]), values[:1])
+    loaded = np.load(target)
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, values)
+
+
 def test_featurizer_checkpoint_round_trip(tmp_path: Path, featurizer: Featurizer) -> None:
     featurizer.save(tmp_path / "featurizer.pth")
     loaded = Featurizer.load(tmp_path / "featurizer.pth")

@@ -13,8 +13,9 @@
   (channels-last, optional reduced precision; pinned memory and asynchronous
   copies on CUDA) and hands each batch to a callback, so nothing needs the
   whole feature matrix in memory.
-- :class:`FeatureWriter` writes those batches into a memory-mapped ``.npy``
-  that is renamed into place only when complete.
+- :class:`FeatureWriter` writes those batches into a ``.npy`` file at their
+  offsets (no matrix and no memory map in the process), renamed into place
+  only when complete.
 """
 
 from __future__ import annotations
@@ -379,32 +380,50 @@ def extract_features(extractor: torch.nn.Module, dataset: ImageFileDataset, on_b
 class FeatureWriter:
     """Writes rows into a float32 ``.npy`` file as they come; the file appears only when complete.
 
-    The array lives in a memory-mapped temporary file beside the target, so
-    memory stays flat however many images there are.
+    The file is created beside the target with its ``.npy`` header and full
+    size, and each batch of rows is written at its offset with plain file
+    writes: neither the matrix nor a memory map of it is held by the process,
+    so its memory stays flat however many images there are (the operating
+    system's page cache holds the written pages, outside the process).
+    Rows may come in any order; a row never written reads as 0.
     """
 
     def __init__(self, target: Path, n_rows: int, dim: int):
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp.npy")
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+        self.shape = (n_rows, dim)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": self.shape}
+        self._file = open(self.tmp, "wb+")
+        np.lib.format.write_array_header_1_0(self._file, header)
+        self.data_offset = self._file.tell()
+        self.row_bytes = dim * np.dtype(np.float32).itemsize
+        self._file.truncate(self.data_offset + n_rows * self.row_bytes)  # sparse: no zeros written
         self.rows_written = 0
 
     def write(self, rows: np.ndarray, features: np.ndarray) -> None:
-        self.array[rows] = features
+        """Write ``features[i]`` as row ``rows[i]`` (each run of consecutive rows in one write)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        values = np.ascontiguousarray(features, dtype=np.float32).reshape(len(rows), self.shape[1])
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"rows outside 0..{self.shape[0] - 1}")
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            if len(run):
+                self._file.seek(self.data_offset + int(rows[run[0]]) * self.row_bytes)
+                self._file.write(values[run[0]:run[-1] + 1].data)
         self.rows_written += len(rows)
 
     __call__ = write
 
     def commit(self) -> None:
-        """Flush and rename onto the target."""
-        self.array.flush()
-        del self.array
+        """Close and rename onto the target."""
+        self._file.close()
         os.replace(self.tmp, self.target)
 
     def discard(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.array
+        self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 

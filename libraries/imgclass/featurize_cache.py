@@ -89,14 +89,15 @@ class ReusableFeatures:
         """
         if not len(self) or self.features_npy is None:
             return
-        old = np.load(self.features_npy, mmap_mode="r")
-        try:
-            order = np.argsort(self.old_rows, kind="stable")  # read the old file front to back
-            for start in range(0, len(order), COPY_CHUNK_ROWS):
-                chunk = order[start:start + COPY_CHUNK_ROWS]
-                write(self.new_rows[chunk], np.asarray(old[self.old_rows[chunk]], dtype=np.float32))
-        finally:
-            del old
+        order = np.argsort(self.old_rows, kind="stable")  # read the old file front to back
+        for start in range(0, len(order), COPY_CHUNK_ROWS):
+            chunk = order[start:start + COPY_CHUNK_ROWS]
+            old = np.load(self.features_npy, mmap_mode="r")  # mapped per chunk: memory stays one chunk
+            try:
+                values = np.array(old[self.old_rows[chunk]], dtype=np.float32)
+            finally:
+                del old
+            write(self.new_rows[chunk], values)
 
 
 def _read_index(index_path: Path) -> tuple[dict[str, str], dict[str, tuple[int, int, int]], Stamp] | None:
