@@ -154,7 +154,7 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     and mtime) and were made by the same featurizer (weights and input
     recipe) at the same precision are copied from the previous
     ``features.npy`` instead of recomputed (see :mod:`imgclass.featurize_cache`).
-    Rows are written batch by batch into a memory-mapped file, so memory does
+    Rows are written batch by batch at their offsets in the file, so memory does
     not grow with the number of images.
     """
     layout = DatasetLayout.from_parameters(params)
