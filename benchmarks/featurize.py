@@ -173,12 +173,18 @@ class PeakMemory:
 
     def __init__(self) -> None:
         self.rss_mb = self.pss_mb = 0.0
+        #: each process's own peak RSS in MB: flat in N if nothing accumulates, whereas the peak of the
+        #: sum also grows with the run's length (more chances for the workers' peaks to coincide)
+        self.process_peaks_mb: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         pids = [os.getpid(), *_descendants(os.getpid())]
-        totals = [sum(values) / 1024 for values in zip(*(_memory_kb(pid) for pid in pids))]
+        memory = {pid: _memory_kb(pid) for pid in pids}
+        for pid, (rss_kb, _) in memory.items():
+            self.process_peaks_mb[pid] = max(self.process_peaks_mb.get(pid, 0.0), rss_kb / 1024)
+        totals = [sum(values) / 1024 for values in zip(*memory.values())]
         self.rss_mb, self.pss_mb = max(self.rss_mb, totals[0]), max(self.pss_mb, totals[1])
 
     def _run(self) -> None:
@@ -388,15 +394,19 @@ def rss_child(args: argparse.Namespace, work: Path) -> None:
         seconds = time.perf_counter() - start
     features_mb = np.load(layout.features_npy, mmap_mode="r").nbytes / 2**20
     shutil.rmtree(root, ignore_errors=True)
+    peaks = memory.process_peaks_mb
     print(json.dumps({"images": n, "rss_mb": memory.rss_mb, "pss_mb": memory.pss_mb,
+                      "main_mb": peaks[os.getpid()],
+                      "workers_mb": sorted(v for pid, v in peaks.items() if pid != os.getpid()),
                       "features_mb": features_mb, "img_per_s": n / seconds, **details}))
 
 
 def rss(args: argparse.Namespace, work: Path) -> None:
     print(f"\n## Peak memory of step 3 by number of images ({args.rss_backbone}, photo-size JPEGs, fresh process "
           "each; summed over the process and its workers)")
-    print("| images | peak RSS (MB) | peak PSS (MB) | features.npy (MB) | img/s (while sampled) | precision, workers |")
-    print("|---|---|---|---|---|---|")
+    print("| images | peak RSS, summed (MB) | peak PSS, summed (MB) | peak RSS of the main process (MB) "
+          "| peak RSS of each worker (MB) | features.npy (MB) | img/s (while sampled) | precision, workers |")
+    print("|---|---|---|---|---|---|---|---|")
     for workers in (-1, 0):
         for count in (int(c) for c in args.rss.split(",")):
             result = subprocess.run([sys.executable, __file__, "--sections=rss-child", f"--rss-images={count}",
@@ -404,7 +414,9 @@ def rss(args: argparse.Namespace, work: Path) -> None:
                                      f"--photos={args.photos}", f"--resolution={args.resolution}",
                                      f"--rss-workers={workers}"], capture_output=True, text=True, check=True)
             data = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"| {data['images']} | {data['rss_mb']:.0f} | {data['pss_mb']:.0f} | {data['features_mb']:.1f} "
+            workers_mb = ", ".join(f"{v:.0f}" for v in data["workers_mb"]) or "-"
+            print(f"| {data['images']} | {data['rss_mb']:.0f} | {data['pss_mb']:.0f} | {data['main_mb']:.0f} "
+                  f"| {workers_mb} | {data['features_mb']:.1f} "
                   f"| {data['img_per_s']:.1f} | {data['precision']}, {data['workers']} |", flush=True)
 
 

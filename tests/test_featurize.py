@@ -279,3 +279,18 @@ def test_cpu_workers_with_several_threads_each_start_fresh_and_finish(tmp_path: 
                          lambda r, v: rows.__setitem__(r, v), batch_size=1, workers=workers, progress=False)
         out[workers] = rows
     np.testing.assert_allclose(out[2], out[0], rtol=1e-4, atol=1e-5)
+
+
+def test_the_cpu_path_returns_freed_heap_memory_after_every_batch(tmp_path: Path, featurizer: Featurizer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc keeps freed activations in a fragmenting heap: RSS crept up with the number of batches."""
+    import imgclass.featurize
+    from imgclass.runtime import release_free_memory
+
+    release_free_memory()  # callable here (glibc: malloc_trim; elsewhere: nothing), never raises
+    calls: list[int] = []
+    monkeypatch.setattr(imgclass.featurize, "release_free_memory", lambda: calls.append(1))
+    paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(5)]
+    extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform), lambda *a: None,
+                     batch_size=2, progress=False)
+    assert len(calls) == 3  # one per batch

