@@ -135,8 +135,10 @@ def featurize_workers(run_workers: int, device: torch.device) -> int:
     them with ``cores // workers`` threads (see
     :func:`imgclass.featurize.extract_features`): one worker per core, up to
     :data:`MAX_CPU_FEATURIZE_WORKERS`, none on a single core. On 2 cores this
-    is about 1.3x the throughput of one process running 2 threads with
-    decoding in between (BENCHMARKS.md); larger machines were not measured.
+    is 1.2x the throughput of one process running 2 threads with decoding in
+    between for ResNet-18 on photo-size JPEGs (decoding is a large share of
+    its work) and a tie for ResNet-50 and EfficientNet-Lite0 (BENCHMARKS.md);
+    larger machines were not measured.
     With a GPU the workers only decode, as in :func:`default_workers`.
     """
     if run_workers >= 0:
