@@ -58,9 +58,9 @@ def release_free_memory() -> None:
     glibc keeps freed blocks in its heap, and with its adaptive mmap
     threshold the heap fragments, so a featurizing process's RSS crept up
     with the number of batches (ResNet-50 workers: ~770 MB after 500 images,
-    ~1,100 MB after 5,000). ``malloc_trim(0)`` once per batch keeps it flat
-    (~760 MB at 5,000) at no measurable cost (a batch takes ~0.5 s, the trim
-    well under a millisecond). Elsewhere this does nothing.
+    ~1,100 MB after 5,000). ``malloc_trim(0)`` once per batch keeps it near
+    flat (~760 MB at 500, ~825 MB at 5,000: BENCHMARKS.md) with no measurable
+    cost in speed (a batch takes ~0.5 s). Elsewhere this does nothing.
     """
     trim = _glibc_malloc_trim()
     if trim is not None:
