@@ -67,6 +67,7 @@ from imgclass.backbones import BACKBONES, build_feature_extractor
 from imgclass.featurize import Featurizer, ImageFileDataset, extract_features
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import PROJECT_DIR, load_parameters
+from imgclass.preprocessing import EvalTransform, mean_fill
 from imgclass.pipeline import featurize_dataset
 from imgclass.runtime import autocast, cpu_has_fast_bf16, featurize_workers, resolve_precision
 from imgclass.splits import TEST, TRAIN, SplitRow, list_dataset, split_dataset, write_split
@@ -264,7 +265,7 @@ def _ready_then_wait_for_go() -> None:
     sys.stdin.readline()
 
 
-def decode_cost_ms(paths: list[Path], resolution: int, count: int = 200) -> float:
+def decode_cost_ms(paths: list[Path], backbone: str, resolution: int, count: int = 200) -> float:
     """Milliseconds per image that step 3's loading (decode, resize, pad) costs one core, best of two passes.
 
     Decoding needs the same cores as the network, so even with perfect overlap
@@ -272,7 +273,8 @@ def decode_cost_ms(paths: list[Path], resolution: int, count: int = 200) -> floa
     column. For a JPEG most of this is entropy (Huffman) decoding, which
     reduced-scale decoding cannot skip: it grows with the file size.
     """
-    dataset = ImageFileDataset(paths[:count], Featurizer(fresh_extractor("resnet18", resolution), "pad", "").transform)
+    transform = EvalTransform(resolution, "pad", mean_fill(BACKBONES[backbone].mean))  # step 3's, without a network
+    dataset = ImageFileDataset(paths[:count], transform)
     out = np.empty((resolution, resolution, 3), dtype=np.uint8)
     best = float("inf")
     for _ in range(2):
@@ -365,7 +367,7 @@ def speed(args: argparse.Namespace, work: Path) -> None:
             best = int(np.argmax(medians[:len(configs)]))
             limits = table[:, best]
             ratios = table[:, len(configs)] / limits
-            decode_ms = decode_cost_ms(paths, args.resolution)
+            decode_ms = decode_cost_ms(paths, backbone, args.resolution)
             ceiling = 1 / (1 / medians[best] + decode_ms / 1000 / cores)
             naive_paths = paths[:args.naive_images]
             naive_rate = rate(lambda: naive(backbone, args.resolution, naive_paths), repeats=1)
