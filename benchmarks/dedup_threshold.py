@@ -4,7 +4,7 @@ For every real photo in a folder (default: the 179 demo photos under
 ``resources/demoImages/``) this makes the copies a web search returns -- resized
 to 75% and 50%, recompressed as JPEG at quality 70, 60 and 50, and resized and
 recompressed together -- and hashes them with the same code as
-``scripts/removeDuplicates.py`` (``imgclass.dedup.dhash_file``). It prints, for
+``scripts/removeDuplicates.py`` (``imgclass.data.dedup.dhash_file``). It prints, for
 each kind of copy, the distances to its original, then the closest pairs of
 distinct photos, then for candidate thresholds how many copies are caught and
 how many distinct pairs would be merged.
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgclass.dedup import dhash_file, hamming, near_duplicate_pairs
-from imgclass.images import list_image_files, load_rgb
-from imgclass.parameters import PROJECT_DIR
+from imgclass.data.dedup import dhash_file, hamming, near_duplicate_pairs
+from imgclass.io.images import list_image_files, load_rgb
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 COPIES = {
     "resized 75%": (0.75, None),

@@ -63,15 +63,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from imgclass.backbones import BACKBONES, build_feature_extractor
-from imgclass.featurize import Featurizer, ImageFileDataset, extract_features
+from imgclass.model.backbones import BACKBONES, build_feature_extractor
+from imgclass.model.inference import Featurizer, ImageFileDataset, extract_features
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import PROJECT_DIR, load_parameters
-from imgclass.preprocessing import EvalTransform, mean_fill
+from imgclass.parameters import load_parameters
+from imgclass.model.transforms import EvalTransform, mean_fill
 from imgclass.pipeline import featurize_dataset
-from imgclass.runtime import autocast, cpu_has_fast_bf16, featurize_workers, resolve_precision
-from imgclass.splits import TEST, TRAIN, SplitRow, list_dataset, split_dataset, write_split
-from imgclass.svm import train_svm
+from imgclass.model.runtime import autocast, cpu_has_fast_bf16, featurize_workers, resolve_precision
+from imgclass.data.splits import TEST, TRAIN, SplitRow, list_dataset, split_dataset, write_split
+from imgclass.model.svm import train_svm
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 DEMO_IMAGES = PROJECT_DIR / "resources" / "demoImages"
 PHOTO_SIZE = (1000, 750)
@@ -447,7 +449,7 @@ def cache(args: argparse.Namespace, work: Path) -> None:
 
 def accuracy(args: argparse.Namespace, work: Path) -> None:
     """SVM test accuracy with fp32 vs bf16 features on the demo data (ImageNet weights, 5 seeds)."""
-    from imgclass.backbones import load_pretrained_extractor
+    from imgclass.model.backbones import load_pretrained_extractor
 
     listing = list_dataset(DEMO_IMAGES)
     paths = [p for label in listing.labels for p in listing.images_by_label[label]]
@@ -455,7 +457,8 @@ def accuracy(args: argparse.Namespace, work: Path) -> None:
     y = np.array([label_of[p] for p in paths])
     features = {}
     for precision in ("fp32", "bf16"):
-        extractor, _ = load_pretrained_extractor(args.accuracy_backbone, args.resolution)
+        extractor, _ = load_pretrained_extractor(args.accuracy_backbone, args.resolution,
+                                                 PROJECT_DIR / "resources" / "models")
         featurizer = Featurizer(extractor, "pad", "")
         out = np.zeros((len(paths), featurizer.output_dim), dtype=np.float32)
         extract_features(featurizer.network, ImageFileDataset([DEMO_IMAGES / p for p in paths], featurizer.transform),

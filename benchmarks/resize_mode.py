@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 
-from imgclass.backbones import load_pretrained_extractor
-from imgclass.featurize import Featurizer, ImageFileDataset, extract_features
+from imgclass.model.backbones import load_pretrained_extractor
+from imgclass.model.inference import Featurizer, ImageFileDataset, extract_features
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
-from imgclass.splits import TRAIN, list_dataset, split_dataset
-from imgclass.svm import train_svm
+from imgclass.data.splits import TRAIN, list_dataset, split_dataset
+from imgclass.model.svm import train_svm
 
 SEEDS = range(5)
 
@@ -30,7 +30,8 @@ def main(argv: list[str]) -> None:
           f"{params.rf_inputResolution} px, seeds {list(SEEDS)}")
     print(f"{'mode':6s} {'CV acc (mean)':>14s} {'test acc (mean ± sd)':>22s}")
     for mode in ("pad", "crop"):
-        extractor, source = load_pretrained_extractor(params.rf_pretrainedModelFilename, params.rf_inputResolution)
+        extractor, source = load_pretrained_extractor(params.rf_pretrainedModelFilename, params.rf_inputResolution,
+                                                       params.models_dir)
         featurizer = Featurizer(extractor, mode, source)
         features = np.zeros((len(paths), extractor.feature_dim), dtype=np.float32)
         dataset = ImageFileDataset([layout.images_dir / p for p in paths], featurizer.transform)

@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +37,12 @@ import numpy as np
 import requests
 import torch
 
-from imgclass.images import decode_image_bytes, load_rgb
+from imgclass.io.images import decode_image_bytes, load_rgb
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import PROJECT_DIR, parse_command_line
-from imgclass.predict import Predictor
+from imgclass.parameters import parse_command_line
+from imgclass.serve.predictor import Predictor
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 IMAGE = PROJECT_DIR / "resources" / "demoImages" / "mammals" / "bovines_cow.jpg"
 DEPLOY = PROJECT_DIR / "scripts" / "6_deploy.py"

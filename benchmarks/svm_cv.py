@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-import imgclass.svm
-from imgclass.svm import train_svm
+import imgclass.model.svm
+from imgclass.model.svm import train_svm
 
 C_VALUES = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
 
@@ -47,7 +47,7 @@ def main() -> None:
           f"{len(os.sched_getaffinity(0))} CPUs")
     print(f"{'n_jobs':>6s} {'CV over C (s)':>14s} {'refits + calibration (s)':>25s} {'total (s)':>10s} "
           f"{'chosen C':>9s} {'CV acc':>7s}")
-    real_select_C = imgclass.svm.select_C
+    real_select_C = imgclass.model.svm.select_C
     cv_seconds: list[float] = []
 
     def timed_select_C(*a, **k):  # type: ignore[no-untyped-def]
@@ -56,7 +56,7 @@ def main() -> None:
         cv_seconds.append(time.perf_counter() - start)
         return result
 
-    imgclass.svm.select_C = timed_select_C
+    imgclass.model.svm.select_C = timed_select_C
     for jobs in (int(j) for j in args.jobs.split(",")):
         start = time.perf_counter()
         model = train_svm(X, y, [str(c) for c in range(args.classes)], {}, C_VALUES, folds=5, n_jobs=jobs)

@@ -13,10 +13,10 @@ fetches what is missing.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
-from imgclass.download import (
-    DEMO_IMAGES_DIR,
+from imgclass.data.download import (
     count_images,
     download_images,
     install_demo_images,
@@ -26,20 +26,23 @@ from imgclass.download import (
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEMO_DATASET_NAME, parse_command_line
 
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
 USED = ["datasetName", "rootDir", "download_urlsFile", "download_timeoutSeconds", "download_maxImageSide"]
 
 
 def main(argv: list[str]) -> int:
-    params = parse_command_line(argv, used=USED, description=__doc__)
+    params = parse_command_line(argv, used=USED, description=__doc__, project_dir=PROJECT_DIR)
     images_dir = DatasetLayout.from_parameters(params).images_dir
 
     if not params.download_urlsFile:
         if params.datasetName != DEMO_DATASET_NAME:
             print(f"download_urlsFile is empty: installing the bundled demo images "
                   f"(dataset '{DEMO_DATASET_NAME}') under the dataset name '{params.datasetName}'")
-        report = install_demo_images(DEMO_IMAGES_DIR, images_dir)
+        report = install_demo_images(params.demo_images_dir, images_dir)
         print(report.summary())
-        print(f"licence and attribution of the demo images: {DEMO_IMAGES_DIR / 'LICENSE.md'}")
+        print(f"licence and attribution of the demo images: {params.demo_images_dir / 'LICENSE.md'}")
     else:
         urls_file = resolve_urls_file(params.download_urlsFile, params.parametersFile)
         entries = read_url_list(urls_file)

@@ -8,18 +8,22 @@ labels.json.
 """
 
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import prepare_data
 
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
 USED = ["datasetName", "rootDir", "ratioTrainTest", "imagesSplitBy", "randomSeed", "dedup_hashSize",
         "dedup_maxDistance"]
 
 
 def main(argv: list[str]) -> None:
-    params = parse_command_line(argv, USED, __doc__)
+    params = parse_command_line(argv, USED, __doc__, project_dir=PROJECT_DIR)
     layout = DatasetLayout.from_parameters(params)
     print(f"Splitting {layout.images_dir}")
     report = prepare_data(params)

@@ -10,11 +10,15 @@ results/<datasetName>/dnnTraining.csv and dnnTraining.png.
 """
 
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import build_featurizer
+
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 USED = ["datasetName", "rootDir", "classifier", "rf_pretrainedModelFilename", "rf_inputResolution",
         "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs", "rf_maxTrainImages", "rf_lrPerMb",
@@ -24,7 +28,7 @@ USED = ["datasetName", "rootDir", "classifier", "rf_pretrainedModelFilename", "r
 
 
 def main(argv: list[str]) -> None:
-    params = parse_command_line(argv, USED, __doc__)
+    params = parse_command_line(argv, USED, __doc__, project_dir=PROJECT_DIR)
     layout = DatasetLayout.from_parameters(params)
     report = build_featurizer(params, progress=sys.stderr.isatty())
     info = report.featurizer.describe()

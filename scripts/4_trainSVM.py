@@ -6,17 +6,21 @@ choice. Writes proc/<datasetName>/svm.joblib and svm.json.
 """
 
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import train_classifier
 
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
 USED = ["datasetName", "rootDir", "classifier", "svm_CVals", "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed"]
 
 
 def main(argv: list[str]) -> None:
-    params = parse_command_line(argv, USED, __doc__)
+    params = parse_command_line(argv, USED, __doc__, project_dir=PROJECT_DIR)
     model = train_classifier(params)
     if model is None:
         print("classifier='dnn': the refined DNN is the classifier; no SVM to train. Next: scripts/5_evaluate.py")

@@ -6,10 +6,14 @@ confusion_matrix.png, per_class_accuracy.png and examples.png.
 """
 
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
 from imgclass.parameters import parse_command_line
 from imgclass.pipeline import evaluate
+
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 USED = ["datasetName", "rootDir", "classifier", "eval_numExampleImages", "randomSeed"]
 
@@ -19,7 +23,7 @@ def _fmt(value: float | None) -> str:
 
 
 def main(argv: list[str]) -> None:
-    params = parse_command_line(argv, USED, __doc__)
+    params = parse_command_line(argv, USED, __doc__, project_dir=PROJECT_DIR)
     report = evaluate(params)
     m = report.metrics
     print(f"{'class':24s} {'images':>6s} {'accuracy':>9s} {'AUC':>6s}")

@@ -19,17 +19,21 @@ import requests
 
 from imgclass.cli import run_main
 from imgclass.errors import ImgClassError
-from imgclass.parameters import PROJECT_DIR, parse_command_line
+from imgclass.parameters import parse_command_line
+
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 USED = ["deploy_url", "deploy_host", "deploy_port", "deploy_clientImage", "deploy_clientRepeats"]
-#: Sent when deploy_clientImage is '': a demo image every model trained on the demo data knows.
-DEFAULT_IMAGE = PROJECT_DIR / "resources" / "demoImages" / "mammals" / "bovines_cow.jpg"
+#: Sent when deploy_clientImage is '': a demo image (relative to resources/demoImages/) every model
+#: trained on the demo data knows.
+DEFAULT_IMAGE = "mammals/bovines_cow.jpg"
 
 
 def main(argv: list[str]) -> int:
-    params = parse_command_line(argv, USED, __doc__)
+    params = parse_command_line(argv, USED, __doc__, project_dir=PROJECT_DIR)
     url = (params.deploy_url or f"http://{params.deploy_host}:{params.deploy_port}").rstrip("/") + "/score"
-    image_path = Path(params.deploy_clientImage).expanduser() if params.deploy_clientImage else DEFAULT_IMAGE
+    image_path = Path(params.deploy_clientImage).expanduser() if params.deploy_clientImage else params.demo_images_dir / DEFAULT_IMAGE
     if not image_path.is_file():
         raise ImgClassError(f"image not found: {image_path}")
     payload = {"input_df": [{"image base64 string": base64.b64encode(image_path.read_bytes()).decode("ascii")}]}

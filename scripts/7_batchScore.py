@@ -9,18 +9,21 @@ same model has already scored, so an interrupted run resumes where it stopped.
 import sys
 from pathlib import Path
 
-from imgclass.batch_scoring import score_folder
+from imgclass.serve.batch import score_folder
 from imgclass.cli import run_main
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
-from imgclass.predict import Predictor
+from imgclass.serve.predictor import Predictor
+
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 USED = ["datasetName", "rootDir", "batch_inputDir", "batch_outputCsv", "batch_database", "run_mbSize",
         "run_device", "run_precision"]
 
 
 def main(argv: list[str]) -> None:
-    params = parse_command_line(argv, USED, __doc__)
+    params = parse_command_line(argv, USED, __doc__, project_dir=PROJECT_DIR)
     layout = DatasetLayout.from_parameters(params)
     input_dir = Path(params.batch_inputDir) if params.batch_inputDir else layout.images_dir
     csv_path = Path(params.batch_outputCsv) if params.batch_outputCsv else layout.results_dir / "batchScores.csv"

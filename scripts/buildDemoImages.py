@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from imgclass.images import load_rgb, save_jpeg
+from imgclass.io.images import load_rgb, save_jpeg
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = PROJECT_DIR / "resources" / "demoImages"

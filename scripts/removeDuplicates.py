@@ -15,12 +15,16 @@ Script options (besides the --key=value parameters):
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
-from imgclass.dedup import duplicates_dir_of, remove_duplicates_for, undo_moves
+from imgclass.data.dedup import remove_duplicates_for, undo_moves
 from imgclass.errors import ParameterError
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
+
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 USED = ["datasetName", "rootDir", "dedup_hashSize", "dedup_maxDistance", "dedup_crossClass"]
 
@@ -42,10 +46,10 @@ def split_script_options(argv: list[str]) -> tuple[bool, str, list[str]]:
 
 def main(argv: list[str]) -> int:
     dry_run, undo_report, rest = split_script_options(argv)
-    params = parse_command_line(rest, used=USED, description=__doc__)
+    params = parse_command_line(rest, used=USED, description=__doc__, project_dir=PROJECT_DIR)
     layout = DatasetLayout.from_parameters(params)
     if undo_report:
-        result = undo_moves(undo_report, layout.images_dir, duplicates_dir_of(layout))
+        result = undo_moves(undo_report, layout.images_dir, layout.duplicates_dir)
         print(result.summary())
         return 1 if result.problems else 0
     print(f"looking for near-duplicates in {layout.images_dir} (dhash {params.dedup_hashSize}, "

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from imgclass.cli import run_main
 from imgclass.parameters import parse_command_line
-from imgclass.scraping import queries_from_parameters, scrape
+from imgclass.data.scraping import queries_from_parameters, scrape
+
+#: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 USED = ["datasetName", "rootDir", "bing_endpoint", "scrape_items", "scrape_attributes", "scrape_queriesFile",
         "scrape_imagesPerQuery", "scrape_countPerPage", "scrape_safeSearch", "scrape_mkt", "scrape_imageType",
@@ -26,7 +30,7 @@ USED = ["datasetName", "rootDir", "bing_endpoint", "scrape_items", "scrape_attri
 
 
 def main(argv: list[str]) -> int:
-    params = parse_command_line(argv, used=USED, description=__doc__)
+    params = parse_command_line(argv, used=USED, description=__doc__, project_dir=PROJECT_DIR)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     queries = queries_from_parameters(params)

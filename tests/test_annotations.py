@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_dataset, make_photo
 
-from imgclass import annotations as A
+from imgclass.data import annotations as A
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgclass import backbones
-from imgclass.backbones import (build_feature_extractor, load_pretrained_extractor, load_state_dict_file,
+from imgclass.model import backbones
+from imgclass.model.backbones import (build_feature_extractor, load_pretrained_extractor, load_state_dict_file,
                                 resolve_weights_file)
 from imgclass.errors import WeightsNotFoundError
 
@@ -70,10 +70,10 @@ def test_resolution_order_models_dir_then_hub_cache_then_download(tmp_path: Path
 
 def test_missing_explicit_file_and_wrong_architecture(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="not found"):
-        resolve_weights_file(str(tmp_path / "resnet18-x.pth"))
+        resolve_weights_file(str(tmp_path / "resnet18-x.pth"), tmp_path / "none")
     torch.save(_resnet18_state_dict(), tmp_path / "resnet50-wrong.pth")
     with pytest.raises(WeightsNotFoundError, match="do not fit resnet50"):
-        load_pretrained_extractor(str(tmp_path / "resnet50-wrong.pth"), 64)
+        load_pretrained_extractor(str(tmp_path / "resnet50-wrong.pth"), 64, tmp_path / "none")
 
 
 class _Payload:
@@ -96,8 +96,8 @@ def test_checkpoint_wrappers_are_unwrapped(tmp_path: Path) -> None:
     assert set(load_state_dict_file(tmp_path / "resnet18-ckpt.pth")) == set(state)
 
 
-def test_efficientnet_lite0_works_offline_with_imagenet_weights() -> None:
-    extractor, source = load_pretrained_extractor("efficientnet_lite0", 224)
+def test_efficientnet_lite0_works_offline_with_imagenet_weights(tmp_path: Path) -> None:
+    extractor, source = load_pretrained_extractor("efficientnet_lite0", 224, tmp_path / "none")
     assert source.endswith("efficientnet-lite0-57934424.pth")
     random_extractor = build_feature_extractor("efficientnet_lite0", 224)
     assert not torch.equal(extractor.body.network._conv_stem.weight, random_extractor.body.network._conv_stem.weight)

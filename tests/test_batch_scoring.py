@@ -1,4 +1,4 @@
-"""Tests of imgclass.batch_scoring and scripts/7_batchScore.py.
+"""Tests of imgclass.serve.batch and scripts/7_batchScore.py.
 
 The library is tested with a tiny stand-in predictor (no network, no model);
 the script with the demo model trained once per session (see
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclass.batch_scoring import COLUMNS, TABLE, score_folder
+from imgclass.serve.batch import COLUMNS, TABLE, score_folder
 from imgclass.errors import ImgClassError
 from test_serving import COW, DEMO_IMAGES, SCRIPTS, train_demo_model
 

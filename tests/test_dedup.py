@@ -1,4 +1,4 @@
-"""Tests of imgclass.dedup: finding near-duplicates, moving them aside, undoing, the split check."""
+"""Tests of imgclass.data.dedup: finding near-duplicates, moving them aside, undoing, the split check."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import natural_photo
-import imgclass.dedup as dedup
-from imgclass.dedup import (
+import imgclass.data.dedup as dedup
+from imgclass.data.dedup import (
     REPORT_COLUMNS,
     dhash_file,
     dhash_image,
@@ -27,7 +27,8 @@ from imgclass.dedup import (
     remove_duplicates,
     undo_moves,
 )
-from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE, PROJECT_DIR
+from conftest import PROJECT_DIR
+from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:

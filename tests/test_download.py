@@ -1,4 +1,4 @@
-"""Tests of imgclass.download and scripts/0_downloadData.py, offline.
+"""Tests of imgclass.data.download and scripts/0_downloadData.py, offline.
 
 A tiny HTTP server on 127.0.0.1 serves generated images, broken files and
 error responses; nothing leaves the machine.
@@ -19,8 +19,7 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
-from imgclass.download import (
-    DEMO_IMAGES_DIR,
+from imgclass.data.download import (
     DownloadReport,
     UrlListError,
     download_images,
@@ -30,10 +29,11 @@ from imgclass.download import (
     resolve_urls_file,
 )
 from imgclass.errors import DatasetError
-from imgclass.images import load_rgb
+from imgclass.io.images import load_rgb
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT_DIR / "scripts" / "0_downloadData.py"
+DEMO_IMAGES_DIR = PROJECT_DIR / "resources" / "demoImages"
 TIMEOUT = 0.5
 MAX_SIDE = 100
 

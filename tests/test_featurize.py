@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclass.backbones import build_feature_extractor
-from imgclass.featurize import DevicePlan, FeatureWriter, Featurizer, ImageBatches, ImageFileDataset, extract_features
-from imgclass.preprocessing import EvalTransform
+from imgclass.model.backbones import build_feature_extractor
+from imgclass.model.inference import DevicePlan, FeatureWriter, Featurizer, ImageBatches, ImageFileDataset, extract_features
+from imgclass.model.transforms import EvalTransform
 
 from conftest import make_photo
 
@@ -162,7 +162,7 @@ def test_batches_are_assembled_in_channels_last_layout(tmp_path: Path, featurize
 def test_cuda_batches_are_pinned_and_copied_asynchronously(monkeypatch: pytest.MonkeyPatch,
                                                            featurizer: Featurizer) -> None:
     """No GPU here: check the plan, the loader options and the copy call with stand-ins."""
-    import imgclass.featurize
+    import imgclass.model.inference
 
     cuda = DevicePlan.for_device(torch.device("cuda"))
     assert (cuda.pin_memory, cuda.non_blocking, cuda.channels_last, cuda.cudnn_benchmark) == (True, True, True, True)
@@ -182,11 +182,11 @@ def test_cuda_batches_are_pinned_and_copied_asynchronously(monkeypatch: pytest.M
         def __iter__(self):  # type: ignore[no-untyped-def]
             return iter(())
 
-    monkeypatch.setattr(imgclass.featurize, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(imgclass.model.inference, "DataLoader", RecordingLoader)
     dataset = ImageFileDataset([], featurizer.transform)
-    list(imgclass.featurize._batches(dataset, 8, cuda, workers=3))
+    list(imgclass.model.inference._batches(dataset, 8, cuda, workers=3))
     assert loader_options["pin_memory"] is True and loader_options["num_workers"] == 3
-    list(imgclass.featurize._batches(dataset, 8, cpu, workers=0))
+    list(imgclass.model.inference._batches(dataset, 8, cpu, workers=0))
     assert loader_options["pin_memory"] is False
 
 
@@ -219,11 +219,11 @@ def test_step_3_writes_each_batch_as_it_comes(tmp_path: Path, monkeypatch: pytes
 
 def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featurizer: Featurizer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclass.featurize
+    import imgclass.model.inference
 
     started: list[int] = []
-    real = imgclass.featurize._featurized_batches
-    monkeypatch.setattr(imgclass.featurize, "_featurized_batches",
+    real = imgclass.model.inference._featurized_batches
+    monkeypatch.setattr(imgclass.model.inference, "_featurized_batches",
                         lambda *args: started.append(args[-1]) or real(*args))
     paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(7)]
     (tmp_path / "bad.jpg").write_bytes(b"broken")
@@ -250,9 +250,9 @@ def test_cpu_worker_processes_give_the_same_rows_in_order(tmp_path: Path, featur
 
 def test_the_cpu_forward_pass_takes_a_batch_in_small_chunks(tmp_path: Path, featurizer: Featurizer,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclass.featurize
+    import imgclass.model.inference
 
-    monkeypatch.setattr(imgclass.featurize, "CPU_FORWARD_BATCH", 2)
+    monkeypatch.setattr(imgclass.model.inference, "CPU_FORWARD_BATCH", 2)
     seen: list[int] = []
     hook = featurizer.extractor.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(5)]
@@ -266,9 +266,9 @@ def test_the_cpu_forward_pass_takes_a_batch_in_small_chunks(tmp_path: Path, feat
 def test_cpu_workers_with_several_threads_each_start_fresh_and_finish(tmp_path: Path, featurizer: Featurizer,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A forked child hangs in GNU OpenMP once the parent used it: multi-threaded workers must be spawned."""
-    import imgclass.featurize
+    import imgclass.model.inference
 
-    monkeypatch.setattr(imgclass.featurize, "available_cpus", lambda: 4)  # 2 workers x 2 threads
+    monkeypatch.setattr(imgclass.model.inference, "available_cpus", lambda: 4)  # 2 workers x 2 threads
     with torch.inference_mode():  # the parent has used its OpenMP thread pool
         featurizer.extractor(torch.zeros((2, 3, 32, 32), dtype=torch.uint8))
     paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(8)]
@@ -284,12 +284,12 @@ def test_cpu_workers_with_several_threads_each_start_fresh_and_finish(tmp_path: 
 def test_the_cpu_path_returns_freed_heap_memory_after_every_batch(tmp_path: Path, featurizer: Featurizer,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """glibc keeps freed activations in a fragmenting heap: RSS crept up with the number of batches."""
-    import imgclass.featurize
-    from imgclass.runtime import release_free_memory
+    import imgclass.model.inference
+    from imgclass.model.runtime import release_free_memory
 
     release_free_memory()  # callable here (glibc: malloc_trim; elsewhere: nothing), never raises
     calls: list[int] = []
-    monkeypatch.setattr(imgclass.featurize, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(imgclass.model.inference, "release_free_memory", lambda: calls.append(1))
     paths = [make_photo(tmp_path / f"{i}.jpg", (50, 40), seed=i) for i in range(5)]
     extract_features(featurizer.extractor, ImageFileDataset(paths, featurizer.transform), lambda *a: None,
                      batch_size=2, progress=False)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from imgclass.backbones import build_feature_extractor
-from imgclass.featurize import FeatureWriter, Featurizer
-from imgclass.featurize_cache import cache_index_path, file_stamp, find_reusable_features, write_cache_index
+from imgclass.model.backbones import build_feature_extractor
+from imgclass.model.inference import FeatureWriter, Featurizer
+from imgclass.model.feature_store import file_stamp, find_reusable_features, write_cache_index
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, load_parameters
 from imgclass.pipeline import build_featurizer, featurize_dataset, prepare_data
@@ -38,16 +38,16 @@ def _featurize(params: Parameters) -> tuple[int, np.ndarray]:
 
 def _count_featurized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record how many images go through the network in each featurize_dataset call."""
-    import imgclass.pipeline
+    import imgclass.model.inference
 
     counts: list[int] = []
-    real = imgclass.pipeline.extract_features
+    real = imgclass.model.inference.extract_features
 
     def counting(network, dataset, *args, **kwargs):  # type: ignore[no-untyped-def]
         counts.append(len(dataset))
         return real(network, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(imgclass.pipeline, "extract_features", counting)
+    monkeypatch.setattr(imgclass.model.inference, "extract_features", counting)
     return counts
 
 
@@ -75,7 +75,7 @@ def test_a_changed_file_is_featurized_again_and_only_that_one(params: Parameters
     assert not np.allclose(second[changed], first[changed])
     assert np.array_equal(np.delete(second, changed, 0), np.delete(first, changed, 0))
     # the re-featurized row equals a from-scratch run's
-    cache_index_path(layout).unlink()
+    layout.features_cache_json.unlink()
     _, scratch = _featurize(params)
     np.testing.assert_allclose(second, scratch, rtol=1e-4, atol=1e-5)  # batch size 1 vs 4: float noise
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclass.images import (UnreadableImageError, decode_image_bytes, is_image_file, list_image_files, load_rgb,
+from imgclass.io.images import (UnreadableImageError, decode_image_bytes, is_image_file, list_image_files, load_rgb,
                              shrink_to_max_side)
 
 from conftest import make_photo

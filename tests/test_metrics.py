@@ -1,4 +1,4 @@
-"""Tests of imgclass.metrics against numbers computed by hand on tiny examples."""
+"""Tests of imgclass.evaluation.metrics against numbers computed by hand on tiny examples."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from imgclass.metrics import (
+from imgclass.evaluation.metrics import (
     RocCurves,
     class_averaged_accuracy,
     confusion_matrix,

@@ -18,10 +18,10 @@ import pytest
 from conftest import PROJECT_DIR, PYTHON, make_dataset
 from nbclient import NotebookClient
 
-from imgclass import annotations as A
+from imgclass.data import annotations as A
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEMO_DATASET_NAME
-from imgclass.results_browser import load_results
+from imgclass.evaluation.results import load_results
 
 NOTEBOOKS_DIR = PROJECT_DIR / "notebooks"
 NOTEBOOKS = ["showImages.ipynb", "showResults.ipynb", "deploy.ipynb"]
@@ -129,7 +129,7 @@ def test_deploy_starts_the_service_scores_an_image_and_stops_it(trained_root: Pa
 
 
 def test_results_browser_widget_filters_and_scrolls(trained_root: Path) -> None:
-    from imgclass.notebook_widgets import ResultsBrowser, least_sure_grid
+    from imgclass.notebook.widgets import ResultsBrowser, least_sure_grid
 
     results = load_results(DatasetLayout(trained_root, DEMO_DATASET_NAME))
     browser = ResultsBrowser(results)
@@ -149,7 +149,7 @@ def test_results_browser_widget_filters_and_scrolls(trained_root: Path) -> None:
 
 
 def test_dataset_browser_moves_excludes_and_undoes_through_its_methods(tmp_path: Path) -> None:
-    from imgclass.notebook_widgets import DatasetBrowser
+    from imgclass.notebook.widgets import DatasetBrowser
 
     images_dir = make_dataset(tmp_path / "images" / "toy", {"cats": 30, "dogs": 2})
     browser = DatasetBrowser(images_dir, page_size=24)
@@ -174,7 +174,7 @@ def test_dataset_browser_moves_excludes_and_undoes_through_its_methods(tmp_path:
 
 
 def test_start_service_reports_why_the_script_failed(tmp_path: Path) -> None:
-    from imgclass.service_process import ServiceError, start_service
+    from imgclass.serve.process import ServiceError, start_service
 
     with pytest.raises(ServiceError, match=r"(?s)exited with code \d.*featurizer.pth does not exist: run scripts/2_refineDNN.py"):
         start_service(root_dir=tmp_path, dataset="nothingTrained", timeout=60)

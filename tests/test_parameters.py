@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from imgclass.errors import ParameterError
-from imgclass.parameters import (DEFAULT_PARAMETERS_FILE, Parameters, load_parameters, parameter_names,
+from imgclass.parameters import (Parameters, load_parameters, parameter_names,
                                  parse_override, read_parameters_file)
 
 from conftest import PROJECT_DIR, PYTHON
+
+
+DEFAULT_PARAMETERS_FILE = PROJECT_DIR / "PARAMETERS.py"
 
 
 def test_repo_parameters_file_defines_every_parameter_validly() -> None:

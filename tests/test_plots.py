@@ -1,4 +1,4 @@
-"""Tests of imgclass.plots: each function writes one valid PNG atomically and never crashes on bad images."""
+"""Tests of imgclass.evaluation.plots: each function writes one valid PNG atomically and never crashes on bad images."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from imgclass.metrics import confusion_matrix, per_class_accuracy, roc_curves
-from imgclass.plots import (
+from imgclass.evaluation.metrics import confusion_matrix, per_class_accuracy, roc_curves
+from imgclass.evaluation.plots import (
     RIGHT_COLOR,
     WRONG_COLOR,
     plot_confusion_matrix,

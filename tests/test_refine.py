@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclass.backbones import build_feature_extractor
+from imgclass.model.backbones import build_feature_extractor
 from imgclass.errors import ImgClassError
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import load_parameters
+from imgclass.pipeline.build import refine_config
 from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data, train_classifier
-from imgclass.refine import RefineConfig, TrainTransform, make_sampler, refine, split_validation
+from imgclass.model.refine import RefineConfig, TrainTransform, make_sampler, refine, split_validation
 
 from conftest import DEMO_IMAGES, PROJECT_DIR, PYTHON
 
@@ -40,7 +41,7 @@ def _coloured_images(folder: Path, per_class: int = 6) -> tuple[list[Path], list
 def _config(**changes) -> RefineConfig:
     params = load_parameters(rf_mbSize=4, rf_maxEpochs=3, rf_lrPerMb=[0.05], rf_dropoutRate=0.0,
                              rf_validationFraction=0.0, rf_augColorJitter=0.0)
-    return RefineConfig.from_parameters(params.replace(**changes) if changes else params)
+    return refine_config(params.replace(**changes) if changes else params)
 
 
 def _run(tmp_path: Path, config: RefineConfig, **kwargs):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclass import results_browser as R
+from imgclass.evaluation import results as R
 from imgclass.errors import MissingArtifactError
 from imgclass.layout import DatasetLayout
 

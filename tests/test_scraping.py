@@ -1,4 +1,4 @@
-"""Tests of imgclass.scraping against a fake Bing endpoint and image host on 127.0.0.1."""
+"""Tests of imgclass.data.scraping against a fake Bing endpoint and image host on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import pytest
 from PIL import Image
 
 from conftest import natural_photo
-import imgclass.scraping as scraping
-from imgclass.download import file_name_for_url
-from imgclass.parameters import PROJECT_DIR, Parameters, parse_override
-from imgclass.scraping import (
+import imgclass.data.scraping as scraping
+from imgclass.data.download import file_name_for_url
+from conftest import PROJECT_DIR
+from imgclass.parameters import Parameters, parse_override
+from imgclass.data.scraping import (
     KEY_ENVIRONMENT_VARIABLE,
     MANIFEST_COLUMNS,
     Query,

@@ -1,4 +1,4 @@
-"""Tests of imgclass.serving and scripts 6: the real server over HTTP on a free loopback port.
+"""Tests of imgclass.serve.app and scripts 6: the real server over HTTP on a free loopback port.
 
 A model is trained once per session with the real pipeline (scripts 0-4 on
 the bundled demo images, EfficientNet-Lite0 at 128 px); :func:`train_demo_model`
@@ -25,11 +25,11 @@ import pytest
 import requests
 from PIL import Image
 
-from imgclass.images import list_image_files, load_rgb
+from imgclass.io.images import list_image_files, load_rgb
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEMO_DATASET_NAME, load_parameters
-from imgclass.predict import Predictor
-from imgclass.serving import API_KEY_ENV, ServiceSettings, create_app, serve_in_background
+from imgclass.serve.predictor import Predictor
+from imgclass.serve.app import API_KEY_ENV, ServiceSettings, create_app, serve_in_background
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SCRIPTS = PROJECT_DIR / "scripts"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imgclass.errors import DatasetError
-from imgclass.splits import (TEST, TRAIN, counts_per_class, list_dataset, read_dedicated_test_images, read_split,
+from imgclass.data.splits import (TEST, TRAIN, counts_per_class, list_dataset, read_dedicated_test_images, read_split,
                              split_class, split_dataset, write_split)
 
 from conftest import make_dataset, make_photo

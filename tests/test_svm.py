@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imgclass.errors import DatasetError
-from imgclass.svm import effective_folds, select_C, train_svm
+from imgclass.model.svm import effective_folds, select_C, train_svm
 
 
 def _blobs(n_per_class: int, n_classes: int, dim: int = 20, spread: float = 1.0, seed: int = 0):

@@ -16,8 +16,8 @@ import pytest
 
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEMO_DATASET_NAME
-from imgclass.predict import Predictor
-from imgclass.serving import ServiceSettings, create_app, serve_in_background
+from imgclass.serve.predictor import Predictor
+from imgclass.serve.app import ServiceSettings, create_app, serve_in_background
 from test_serving import COW, train_demo_model
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -41,3 +41,23 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0 if code is None else int(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m imgclass <command> [--key=value ...]``.
+
+    Commands: ``serve`` (step 6: the REST service, as ``scripts/6_deploy.py``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"serve": _serve}
+    if not args or args[0] not in commands:
+        print(f"usage: python -m imgclass {{{','.join(commands)}}} [--key=value ...] [--help]", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return run_main(commands[args[0]], args[1:])
+
+
+def _serve(argv: list[str]) -> None:
+    from imgclass.parameters import parse_command_line
+    from imgclass.serve.service import STEP, serve
+
+    serve(parse_command_line(argv, STEP.reads, STEP.summary))

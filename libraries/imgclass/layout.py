@@ -13,6 +13,13 @@ from pathlib import Path
 from imgclass.errors import MissingArtifactError
 from imgclass.parameters import Parameters
 
+#: Optional list of test images inside a dataset folder (see :mod:`imgclass.data.splits`).
+DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
+#: The image search's log inside a dataset folder (see :mod:`imgclass.data.scraping`).
+SCRAPE_MANIFEST_FILE = "scrapeManifest.tsv"
+#: Files of the toolkit's own that may sit in a dataset folder: they are not images, nor skipped user files.
+TOOLKIT_FILES = frozenset({DEDICATED_TEST_FILE, SCRAPE_MANIFEST_FILE})
+
 
 @dataclass(frozen=True)
 class DatasetLayout:
@@ -53,7 +60,41 @@ class DatasetLayout:
     @property
     def dedicated_test_tsv(self) -> Path:
         """Optional ``dedicatedTestImages.tsv`` inside the image folder (see splits)."""
-        return self.images_dir / "dedicatedTestImages.tsv"
+        return self.images_dir / DEDICATED_TEST_FILE
+
+    def dhash_cache_csv(self, hash_size: int) -> Path:
+        """CSV cache of the images' dhashes (``path,bytes,mtime_ns,width,height,dhash``), per hash size."""
+        return self.proc_dir / f"dhash{hash_size}.csv"
+
+    # --- getting and curating images ------------------------------------------------
+    @property
+    def scrape_manifest_tsv(self) -> Path:
+        """TSV ``label,query,url,file,sha256,status``: every URL the image search tried (the scraper's resume log)."""
+        return self.images_dir / SCRAPE_MANIFEST_FILE
+
+    @property
+    def duplicates_dir(self) -> Path:
+        """``images/<ds>_duplicates/``: near-duplicates moved out of the dataset, and the reports of those moves."""
+        return self.images_dir.parent / f"{self.dataset}_duplicates"
+
+    def duplicates_report_csv(self, stamp: str) -> Path:
+        """The report of one duplicate removal (what moved where), named by its time stamp."""
+        return self.duplicates_dir / f"duplicatesReport_{stamp}.csv"
+
+    @property
+    def duplicates_dry_run_csv(self) -> Path:
+        """What a dry run of the duplicate removal would move (nothing under ``images/`` changes)."""
+        return self.proc_dir / "duplicatesDryRun.csv"
+
+    @property
+    def excluded_dir(self) -> Path:
+        """``images/<ds>_excluded/``: images taken out of the dataset by a correction (never deleted)."""
+        return self.images_dir.parent / f"{self.dataset}_excluded"
+
+    @property
+    def annotations_log_csv(self) -> Path:
+        """``images/<ds>_annotations.csv``: the log of every label correction, exclusion and undo."""
+        return self.images_dir.parent / f"{self.dataset}_annotations.csv"
 
     # --- step 2: featurizer -----------------------------------------------------
     @property
@@ -91,6 +132,11 @@ class DatasetLayout:
         """How the features were made (backbone, resolution, precision, ...)."""
         return self.proc_dir / "features.json"
 
+    @property
+    def features_cache_json(self) -> Path:
+        """Which row of :attr:`features_npy` belongs to which image file (size, mtime), for reuse by the next run."""
+        return self.proc_dir / "features_cache.json"
+
     # --- step 4: classifier -------------------------------------------------------
     @property
     def svm_joblib(self) -> Path:
@@ -108,7 +154,40 @@ class DatasetLayout:
 
     @property
     def predictions_csv(self) -> Path:
+        """One row per test image: ``path,label,predicted,correct,score,score_<class>...``."""
         return self.results_dir / "predictions.csv"
+
+    @property
+    def roc_curves_png(self) -> Path:
+        return self.results_dir / "roc_curves.png"
+
+    @property
+    def confusion_matrix_png(self) -> Path:
+        return self.results_dir / "confusion_matrix.png"
+
+    @property
+    def per_class_accuracy_png(self) -> Path:
+        return self.results_dir / "per_class_accuracy.png"
+
+    @property
+    def examples_png(self) -> Path:
+        return self.results_dir / "examples.png"
+
+    @property
+    def evaluation_plots(self) -> tuple[Path, ...]:
+        """Step 5's plots, in the order a reader wants them."""
+        return (self.roc_curves_png, self.confusion_matrix_png, self.per_class_accuracy_png, self.examples_png)
+
+    # --- scripts 6-7: batch scoring -------------------------------------------------
+    @property
+    def batch_scores_csv(self) -> Path:
+        """Default output of batch scoring (``batch_outputCsv``)."""
+        return self.results_dir / "batchScores.csv"
+
+    @property
+    def batch_scores_sqlite(self) -> Path:
+        """Default database of batch scoring (``batch_database``)."""
+        return self.results_dir / "batchScores.sqlite"
 
 
 def require(path: Path, made_by: str) -> Path:

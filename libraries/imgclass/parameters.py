@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from imgclass.errors import ParameterError
+from imgclass.model.registry import check_backbone_value
 
 #: The dataset bundled under ``resources/demoImages`` and installed by script 0.
 DEMO_DATASET_NAME = "tuxpaintStamps"
-
-#: Names of the supported backbones (see :mod:`imgclass.backbones`).
-BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
 #: Default dedup_maxDistance for dedup_hashSize=16, measured on the demo photos
 #: (see docs/scraping.md and benchmarks/dedup_threshold.py).
@@ -42,8 +40,8 @@ DEFAULT_DEDUP_MAX_DISTANCE = 16
 #: Keys the original CNTK tutorial spelled differently: alias -> canonical name.
 ALIASES = {"rf_inputResoluton": "rf_inputResolution"}
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-DEFAULT_PARAMETERS_FILE = PROJECT_DIR / "PARAMETERS.py"
+#: The parameters file's name; its folder is the project folder (``resources/`` lives there).
+PARAMETERS_FILE_NAME = "PARAMETERS.py"
 #: Environment variable naming another parameters file (e.g. for tests or runs).
 PARAMETERS_FILE_ENV = "IMGCLASS_PARAMETERS"
 
@@ -115,23 +113,22 @@ def _device(value: str) -> str | None:
     return "must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"
 
 
-def _pretrained_model(value: str) -> str | None:
-    if value in BACKBONE_NAMES:
-        return None
-    name = Path(value).name
-    if name.endswith(".pth") and backbone_name_of_file(name) is not None:
-        return None
-    return (f"must be one of {', '.join(repr(n) for n in BACKBONE_NAMES)} or a path to a .pth "
-            "state-dict file whose name starts with one of them (e.g. 'resnet18-f37072fd.pth')")
 
 
-def backbone_name_of_file(file_name: str) -> str | None:
-    """Return the backbone a weights file is for, from its name (``resnet50-0676ba61.pth``)."""
-    normalised = file_name.lower().replace("-", "_")  # 'efficientnet-lite0-57934424.pth' too
-    for name in sorted(BACKBONE_NAMES, key=len, reverse=True):
-        if re.match(rf"{re.escape(name)}(?![0-9a-z])", normalised):
-            return name
-    return None
+@dataclass(frozen=True)
+class StepSpec:
+    """What one step (or script) is: its name, the script that runs it, and the parameters it reads.
+
+    Declared next to the step's function (``STEP = StepSpec(...)``), so the
+    list of what a step reads lives beside the code that reads it; ``--help``
+    shows these parameters, an override of any other one is warned about, and
+    a test checks the list against what the function really reads.
+    """
+
+    name: str
+    script: str
+    summary: str
+    reads: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -158,7 +155,7 @@ class Parameters:
 
     # --- DNN backbone and refinement --------------------------------------
     rf_pretrainedModelFilename: str = _param(
-        "resnet18", "backbone name or path to a .pth state dict named after it", check=_pretrained_model)
+        "resnet18", "backbone name or path to a .pth state dict named after it", check=check_backbone_value)
     rf_inputResolution: int = _param(224, "network input size in pixels (square)", check=_resolution)
     rf_resizeMode: str = _param("pad", "'pad': scale the longer side and pad to a square (keeps the "
                                        "whole image); 'crop': scale the shorter side and centre-crop",
@@ -284,20 +281,40 @@ class Parameters:
 
     # --- not user parameters: where the values came from -------------------
     parametersFile: str = field(default="", metadata={"internal": True})
+    #: the project folder (its ``resources/``): the scripts' checkout, else the parameters file's folder
+    projectDir: str = field(default="", metadata={"internal": True})
 
     @property
     def root_path(self) -> Path:
         """``rootDir`` as an absolute path (relative to the parameters file's folder)."""
         root = Path(os.path.expanduser(self.rootDir))
         if not root.is_absolute():
-            base = Path(self.parametersFile).parent if self.parametersFile else PROJECT_DIR
-            root = base / root
+            root = (Path(self.parametersFile).parent if self.parametersFile else self.project_dir) / root
         return root.resolve()
+
+    @property
+    def project_dir(self) -> Path:
+        """Where ``resources/`` lives: the scripts' project, else the parameters file's folder (else the
+        current folder)."""
+        if self.projectDir:
+            return Path(self.projectDir)
+        return Path(self.parametersFile).resolve().parent if self.parametersFile else Path.cwd()
+
+    @property
+    def models_dir(self) -> Path:
+        """``resources/models/``: weight files placed there are used instead of a download."""
+        return self.project_dir / "resources" / "models"
+
+    @property
+    def demo_images_dir(self) -> Path:
+        """``resources/demoImages/``: the bundled demo dataset (one folder per class)."""
+        return self.project_dir / "resources" / "demoImages"
 
     def replace(self, **changes: Any) -> "Parameters":
         """Return a copy with ``changes`` applied and validated."""
         values = {**self.as_dict(), **changes}
         values["parametersFile"] = self.parametersFile
+        values["projectDir"] = self.projectDir
         return build_parameters(values, source="replace()")
 
     def as_dict(self) -> dict[str, Any]:
@@ -445,7 +462,7 @@ def build_parameters(values: Mapping[str, Any], source: str) -> Parameters:
     """Validate a mapping of parameter values (aliases allowed) into :class:`Parameters`."""
     checked: dict[str, Any] = {}
     for key, value in values.items():
-        if key == "parametersFile":
+        if key in ("parametersFile", "projectDir"):
             checked[key] = str(value)
             continue
         name = canonical_key(key) if key in ALIASES or key in _specs() else None
@@ -471,8 +488,22 @@ def read_parameters_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             if not key.startswith("_") and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
 
 
+def find_parameters_file(start: str | os.PathLike[str] | None = None) -> Path:
+    """The first ``PARAMETERS.py`` in ``start`` (default: the current folder) or one of its parents.
+
+    The package is not tied to a checkout: scripts name their project's file
+    explicitly, notebooks and a user's own code find it from where they run.
+    """
+    folder = Path(start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / PARAMETERS_FILE_NAME).is_file():
+            return candidate / PARAMETERS_FILE_NAME
+    raise ParameterError(f"no {PARAMETERS_FILE_NAME} in {folder} or its parents: run from the project folder, "
+                         f"pass --parametersFile=PATH or set ${PARAMETERS_FILE_ENV}")
+
+
 def load_parameters(overrides: Iterable[str] = (), parameters_file: str | os.PathLike[str] | None = None,
-                    **values: Any) -> Parameters:
+                    project_dir: str | os.PathLike[str] | None = None, **values: Any) -> Parameters:
     """Load the parameters file, then apply ``--key=value`` overrides and keyword values.
 
     Parameters
@@ -480,11 +511,16 @@ def load_parameters(overrides: Iterable[str] = (), parameters_file: str | os.Pat
     overrides:
         Command-line style strings ``--key=value``.
     parameters_file:
-        The file to read; default ``$IMGCLASS_PARAMETERS`` or the project's ``PARAMETERS.py``.
+        The file to read; default ``$IMGCLASS_PARAMETERS``, else the first ``PARAMETERS.py`` in the
+        current folder or one of its parents (see :func:`find_parameters_file`).
+    project_dir:
+        The project whose ``resources/`` to use (the scripts pass their checkout); its
+        ``PARAMETERS.py`` is the default file after ``$IMGCLASS_PARAMETERS``.
     **values:
         Typed overrides, applied last (handy for tests and notebooks).
     """
-    path = Path(parameters_file or os.environ.get(PARAMETERS_FILE_ENV) or DEFAULT_PARAMETERS_FILE).resolve()
+    default = Path(project_dir) / PARAMETERS_FILE_NAME if project_dir is not None else None
+    path = Path(parameters_file or os.environ.get(PARAMETERS_FILE_ENV) or default or find_parameters_file()).resolve()
     merged = build_parameters(read_parameters_file(path), source=str(path)).as_dict()
     for text in overrides:
         key, value = parse_override(text)
@@ -492,6 +528,7 @@ def load_parameters(overrides: Iterable[str] = (), parameters_file: str | os.Pat
     for key, value in values.items():
         merged[canonical_key(key)] = value
     merged["parametersFile"] = str(path)
+    merged["projectDir"] = str(Path(project_dir).resolve()) if project_dir is not None else ""
     return build_parameters(merged, source="the overrides")
 
 
@@ -510,7 +547,7 @@ def format_help(params: Parameters, used: Sequence[str] | None = None, descripti
 
 
 def parse_command_line(argv: Sequence[str], used: Sequence[str] | None = None,
-                       description: str = "") -> Parameters:
+                       description: str = "", project_dir: str | os.PathLike[str] | None = None) -> Parameters:
     """Parameters for a script: ``--parametersFile=``, ``--key=value`` overrides and ``--help``.
 
     ``--help`` prints the parameters the script uses (``used``) with their
@@ -526,7 +563,7 @@ def parse_command_line(argv: Sequence[str], used: Sequence[str] | None = None,
             parameters_file = arg.split("=", 1)[1]
         else:
             overrides.append(arg)
-    params = load_parameters(overrides, parameters_file)
+    params = load_parameters(overrides, parameters_file, project_dir)
     if wants_help:
         print(format_help(params, used, description))
         sys.exit(0)

@@ -11,7 +11,7 @@ Two resize modes, chosen by ``rf_resizeMode``:
 
 The output is a ``uint8`` tensor ``(3, R, R)`` (or, from :meth:`EvalTransform.to_array`,
 an ``(R, R, 3)`` array, which batches into channels-last without a copy):
-normalisation happens inside the model (see :mod:`imgclass.backbones`),
+normalisation happens inside the model (see :mod:`imgclass.model.backbones`),
 which keeps batches 4x smaller on their way from the loader processes and to
 the GPU.
 """
@@ -74,7 +74,7 @@ class EvalTransform:
 
     @property
     def draft_size(self) -> tuple[int, int]:
-        """Decode size for :func:`imgclass.images.load_rgb`: JPEGs are decoded at reduced scale down to it.
+        """Decode size for :func:`imgclass.io.images.load_rgb`: JPEGs are decoded at reduced scale down to it.
 
         PIL reduces a JPEG by the largest power of two (up to 8) that keeps
         width >= ``draft_size[0]`` and height >= ``draft_size[1]``. ``crop``

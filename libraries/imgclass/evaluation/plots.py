@@ -6,7 +6,7 @@ global figure state is shared with a notebook or another thread, and no window
 is ever opened. The PNG is written atomically (temporary file + rename), and
 the figure is cleared afterwards so that its memory is freed at once.
 
-The numbers come from :mod:`imgclass.metrics`; this module only draws them.
+The numbers come from :mod:`imgclass.evaluation.metrics`; this module only draws them.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from imgclass.atomic import atomic_path
-from imgclass.images import UnreadableImageError, load_rgb, shrink_to_max_side
-from imgclass.metrics import RocCurves
+from imgclass.io.atomic import atomic_path
+from imgclass.io.images import UnreadableImageError, load_rgb, shrink_to_max_side
+from imgclass.evaluation.metrics import RocCurves
 
 __all__ = [
     "plot_confusion_matrix",
@@ -74,7 +74,7 @@ def plot_roc_curves(curves: RocCurves, labels: Sequence[str], path: str | os.Pat
     Parameters
     ----------
     curves:
-        Output of :func:`imgclass.metrics.roc_curves`.
+        Output of :func:`imgclass.evaluation.metrics.roc_curves`.
     labels:
         The K class names, in class-id order.
     path:
@@ -165,7 +165,7 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: str | os.
     Parameters
     ----------
     cm:
-        (K, K) counts, rows = true class (see :func:`imgclass.metrics.confusion_matrix`).
+        (K, K) counts, rows = true class (see :func:`imgclass.evaluation.metrics.confusion_matrix`).
     labels:
         The K class names, in class-id order.
     path:

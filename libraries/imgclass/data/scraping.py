@@ -45,10 +45,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import requests
 
-from imgclass.atomic import atomic_path
-from imgclass.download import USER_AGENT, file_name_for_url, label_problem, resolve_urls_file
+from imgclass.io.atomic import atomic_path
+from imgclass.data.download import USER_AGENT, file_name_for_url, label_problem, resolve_urls_file
 from imgclass.errors import ImgClassError
-from imgclass.images import UnreadableImageError, decode_image_bytes, save_jpeg, shrink_to_max_side
+from imgclass.io.images import UnreadableImageError, decode_image_bytes, save_jpeg, shrink_to_max_side
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from imgclass.atomic import write_json, write_text
+from imgclass.io.atomic import write_json, write_text
 from imgclass.errors import DatasetError
-from imgclass.images import list_image_files
+from imgclass.io.images import list_image_files
 
 TRAIN = "train"
 TEST = "test"

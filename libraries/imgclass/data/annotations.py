@@ -45,9 +45,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from imgclass.atomic import unused_path, write_text
+from imgclass.io.atomic import unused_path, write_text
 from imgclass.errors import ImgClassError
-from imgclass.images import is_image_file, list_image_files
+from imgclass.io.images import is_image_file, list_image_files
 
 #: Columns of the annotation log (see the module docstring).
 LOG_COLUMNS = ["entry", "time", "action", "source", "target", "undoes"]
@@ -87,7 +87,7 @@ class ClassImages:
 def list_classes(images_dir: str | os.PathLike[str]) -> list[ClassImages]:
     """Every class folder of ``images_dir`` (sorted by name) with its images.
 
-    Unlike :func:`imgclass.splits.list_dataset` this accepts classes with fewer
+    Unlike :func:`imgclass.data.splits.list_dataset` this accepts classes with fewer
     than 2 images, and empty class folders, so that a dataset can be browsed
     and repaired whatever state it is in. Hidden folders and files are skipped.
     """

@@ -10,7 +10,7 @@ conditions it was computed:
   modification time (ns);
 - per run, the *recipe*: the featurizer's fingerprint (a hash of its
   weights, backbone, resolution, resize mode and output; see
-  :meth:`imgclass.featurize.Featurizer.fingerprint`) and the precision;
+  :meth:`imgclass.model.inference.Featurizer.fingerprint`) and the precision;
 - the size and modification time of ``features.npy`` itself, so an index that
   does not belong to the file beside it (an interrupted write, a copied
   folder) is ignored rather than trusted.
@@ -32,8 +32,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from imgclass.atomic import write_text
-from imgclass.layout import DatasetLayout
+from imgclass.io.atomic import write_text
 
 CACHE_FORMAT = "imgclass-feature-cache-1"
 #: rows copied from the old file per chunk (bounds memory while copying)
@@ -41,11 +40,6 @@ COPY_CHUNK_ROWS = 4096
 
 #: (size in bytes, modification time in ns) of a file
 Stamp = tuple[int, int]
-
-
-def cache_index_path(layout: DatasetLayout) -> Path:
-    """``proc/<ds>/features_cache.json``: the index that makes ``features.npy`` reusable."""
-    return layout.proc_dir / "features_cache.json"
 
 
 def file_stamp(path: Path) -> Stamp | None:

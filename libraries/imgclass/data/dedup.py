@@ -38,9 +38,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imgclass.atomic import atomic_path, unused_path
+from imgclass.io.atomic import atomic_path, unused_path
 from imgclass.errors import DatasetError, ImgClassError
-from imgclass.images import UnreadableImageError, list_image_files, load_rgb
+from imgclass.io.images import UnreadableImageError, list_image_files, load_rgb
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE, Parameters
 
@@ -77,7 +77,7 @@ def dhash_file(path: str | os.PathLike[str], hash_size: int = 16) -> tuple[int, 
     JPEGs are decoded at a reduced scale (at least ``8 * hash_size`` pixels a
     side): the hash only sees a ``(hash_size + 1) x hash_size`` thumbnail, and
     a full decode of every photo would dominate the run time.
-    Raises :class:`~imgclass.images.UnreadableImageError`.
+    Raises :class:`~imgclass.io.images.UnreadableImageError`.
     """
     try:
         with Image.open(path) as header:
@@ -107,11 +107,6 @@ class HashedImage:
     @property
     def pixels(self) -> int:
         return self.width * self.height
-
-
-def hash_cache_path(layout: DatasetLayout, hash_size: int) -> Path:
-    """Where the hashes of a dataset's images are cached: ``proc/<dataset>/dhash<size>.csv``."""
-    return layout.proc_dir / f"dhash{hash_size}.csv"
 
 
 def _read_cache(cache_path: Path | None) -> dict[str, tuple[int, int, int, int, int]]:
@@ -318,11 +313,6 @@ def group_duplicates(images: Sequence[HashedImage], max_distance: int,
 
 
 # --------------------------------------------------------------------------- remove / undo
-def duplicates_dir_of(layout: DatasetLayout) -> Path:
-    """``<root>/images/<dataset>_duplicates/``: where moved duplicates and reports go."""
-    return layout.images_dir.parent / f"{layout.dataset}_duplicates"
-
-
 @dataclass
 class DedupResult:
     """What :func:`remove_duplicates` found and did."""
@@ -474,10 +464,10 @@ def remove_duplicates_for(params: Parameters, dry_run: bool = False, progress: b
     """
     layout = DatasetLayout.from_parameters(params)
     return remove_duplicates(
-        layout.images_dir, duplicates_dir_of(layout), hash_size=params.dedup_hashSize,
+        layout.images_dir, layout.duplicates_dir, hash_size=params.dedup_hashSize,
         max_distance=params.dedup_maxDistance, cross_class_action=params.dedup_crossClass,
-        dry_run=dry_run, report_path=layout.proc_dir / "duplicatesDryRun.csv" if dry_run else None,
-        cache_path=hash_cache_path(layout, params.dedup_hashSize), progress=progress)
+        dry_run=dry_run, report_path=layout.duplicates_dry_run_csv if dry_run else None,
+        cache_path=layout.dhash_cache_csv(params.dedup_hashSize), progress=progress)
 
 
 @dataclass
@@ -560,7 +550,7 @@ def find_straddling_duplicates(rows: Iterable[tuple[str, str]], images_dir: str 
     hash_size, max_distance:
         As for :func:`remove_duplicates` (``dedup_hashSize``, ``dedup_maxDistance``).
     cache_path:
-        Optional hash cache, e.g. :func:`hash_cache_path` (shared with
+        Optional hash cache, e.g. :meth:`DatasetLayout.dhash_cache_csv` (shared with
         :func:`remove_duplicates`, so after a dedup run nothing is decoded again).
 
     Returns

@@ -114,7 +114,7 @@ def shrink_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
 
 def save_jpeg(image: Image.Image, path: str | os.PathLike[str], quality: int = 90) -> None:
     """Save an RGB image as JPEG atomically (temporary file + rename)."""
-    from imgclass.atomic import atomic_path  # local import keeps this module's deps minimal
+    from imgclass.io.atomic import atomic_path  # local import keeps this module's deps minimal
 
     with atomic_path(path, suffix=".jpg") as tmp:
         image.save(tmp, format="JPEG", quality=quality, optimize=True)

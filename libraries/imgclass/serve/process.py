@@ -1,13 +1,13 @@
 """Running the REST service of step 6 as a child process, e.g. from ``deploy.ipynb``.
 
-:func:`start_service` runs ``scripts/6_deploy.py`` exactly as a user would on
+:func:`start_service` runs ``python -m imgclass serve`` (the code of ``scripts/6_deploy.py``) as a user would on
 the command line (so the notebook exercises the real deployment), on a free
 local port, waits until ``GET /health`` answers and returns a
 :class:`LocalService`; :meth:`LocalService.stop` ends it cleanly (SIGTERM,
 which uvicorn handles by finishing open requests; SIGKILL only if it does not
 exit in time). A service still running when the Python process exits is
 stopped then too. For an in-process server (tests, benchmarks) see
-:func:`imgclass.serving.serve_in_background`.
+:func:`imgclass.serve.app.serve_in_background`.
 
 :func:`score_image` sends one image file to ``/score`` in the original
 tutorial's format, as ``scripts/6_callWebservice.py`` does.
@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import requests
 
 from imgclass.errors import ImgClassError
-from imgclass.parameters import PROJECT_DIR
-from imgclass.serving import API_KEY_ENV, SCORE_IMAGE_FIELD
+from imgclass.serve.app import API_KEY_ENV, SCORE_IMAGE_FIELD
 
-DEPLOY_SCRIPT = PROJECT_DIR / "scripts" / "6_deploy.py"
+#: The command that runs the service (the same code as scripts/6_deploy.py), after the interpreter.
+SERVE_COMMAND = ("-m", "imgclass", "serve")
 
 
 class ServiceError(ImgClassError):
@@ -74,7 +74,7 @@ def _stop_at_exit(process: subprocess.Popen) -> None:
 
 
 class LocalService:
-    """A running ``scripts/6_deploy.py``: its ``url``, process and log file.
+    """A running service process: its ``url``, process and log file.
 
     Use it as a context manager, or call :meth:`stop` when done.
     """
@@ -130,8 +130,8 @@ def _wait_until_healthy(process: subprocess.Popen, url: str, timeout: float) -> 
 def start_service(root_dir: str | os.PathLike[str] | None = None, dataset: str | None = None,
                   host: str = "127.0.0.1", port: int | None = None, extra_args: Sequence[str] = (),
                   timeout: float = 120.0, python: str | None = None, log_path: str | os.PathLike[str] | None = None,
-                  attempts: int = 3) -> LocalService:
-    """Start ``scripts/6_deploy.py`` in a child process and wait until it answers ``/health``.
+                  attempts: int = 3, parameters_file: str | os.PathLike[str] | None = None) -> LocalService:
+    """Start the service (``python -m imgclass serve``) in a child process and wait until it answers ``/health``.
 
     Parameters
     ----------
@@ -148,6 +148,9 @@ def start_service(root_dir: str | os.PathLike[str] | None = None, dataset: str |
         Interpreter (default: the current one, i.e. the notebook's kernel).
     log_path:
         File receiving the server's output (default: a temporary file).
+    parameters_file:
+        The parameters file (default: ``$IMGCLASS_PARAMETERS``, else the first ``PARAMETERS.py`` in the
+        current folder or its parents).
 
     Returns
     -------
@@ -160,7 +163,9 @@ def start_service(root_dir: str | os.PathLike[str] | None = None, dataset: str |
         If the script exits or does not answer in time; the message includes
         the end of its output (e.g. "run scripts/4_trainSVM.py first").
     """
-    args = [python or sys.executable, str(DEPLOY_SCRIPT)]
+    args = [python or sys.executable, *SERVE_COMMAND]
+    if parameters_file is not None:
+        args.append(f"--parametersFile={Path(parameters_file).expanduser().resolve()}")
     if root_dir is not None:
         args.append(f"--rootDir={Path(root_dir).expanduser().resolve()}")
     if dataset is not None:
@@ -176,7 +181,7 @@ def start_service(root_dir: str | os.PathLike[str] | None = None, dataset: str |
         else:
             log_file = Path(log_path)
         with open(log_file, "wb") as handle:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=handle,
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://{'[' + host + ']' if ':' in host else host}:{chosen}"
         try:
@@ -193,7 +198,7 @@ def start_service(root_dir: str | os.PathLike[str] | None = None, dataset: str |
         output = _tail(log_file)
         port_taken = "address already in use" in output.lower()
         if not port_taken or port is not None or attempt == attempts - 1:
-            raise ServiceError(f"{DEPLOY_SCRIPT.name} exited with code {process.returncode}; its output:\n{output}")
+            raise ServiceError(f"the service ({' '.join(SERVE_COMMAND)}) exited with code {process.returncode}; its output:\n{output}")
     raise AssertionError("unreachable")
 
 
@@ -226,5 +231,5 @@ def score_image(url: str, image_path: str | os.PathLike[str], api_key: str | Non
     return response.json()
 
 
-__all__ = ["DEPLOY_SCRIPT", "LocalService", "ServiceError", "api_key_headers", "free_port", "score_image",
+__all__ = ["SERVE_COMMAND", "LocalService", "ServiceError", "api_key_headers", "free_port", "score_image",
            "start_service"]

@@ -29,13 +29,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from torchvision.transforms import ColorJitter
 from tqdm import tqdm
 
-from imgclass.atomic import atomic_path
-from imgclass.backbones import BACKBONES, FeatureExtractor
+from imgclass.io.atomic import atomic_path
+from imgclass.model.backbones import BACKBONES, FeatureExtractor
 from imgclass.errors import ImgClassError, ParameterError
-from imgclass.images import UnreadableImageError, load_rgb
-from imgclass.parameters import Parameters
-from imgclass.preprocessing import CROP_FRACTION, EvalTransform, mean_fill, scale_and_pad
-from imgclass.runtime import autocast
+from imgclass.io.images import UnreadableImageError, load_rgb
+from imgclass.model.transforms import CROP_FRACTION, EvalTransform, mean_fill, scale_and_pad
+from imgclass.model.runtime import autocast
 
 CHECKPOINT_FORMAT = "imgclass-refinement-1"
 
@@ -59,17 +58,6 @@ class RefineConfig:
     aug_flip: bool
     aug_color_jitter: float
     seed: int
-
-    @classmethod
-    def from_parameters(cls, params: Parameters) -> "RefineConfig":
-        if params.rf_maxEpochs < 0:
-            raise ParameterError("parameter 'rf_maxEpochs' must be >= 0")
-        return cls(params.rf_dropoutRate, params.rf_mbSize, params.rf_maxEpochs, params.rf_maxTrainImages,
-                   tuple(params.rf_lrPerMb), params.rf_momentumPerMb, params.rf_l2RegWeight,
-                   params.rf_boFreezeWeights, params.rf_backboneLrFactor, params.rf_boBalanceTrainingSet,
-                   params.rf_validationFraction,
-                   params.rf_augRandomCrop, params.rf_augHorizontalFlip, params.rf_augColorJitter,
-                   params.randomSeed)
 
     def learning_rate(self, epoch: int) -> float:
         """Learning rate of epoch ``epoch`` (0-based); the list's last value repeats."""

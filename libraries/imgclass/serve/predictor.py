@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclass.featurize import Featurizer
-from imgclass.layout import DatasetLayout, require
-from imgclass.pipeline import load_classifier, softmax
-from imgclass.runtime import autocast, resolve_device, resolve_precision
-from imgclass.svm import TrainedSvm
+from imgclass.model.inference import Featurizer
+from imgclass.layout import DatasetLayout
+from imgclass.model.scores import softmax, top_k
+from imgclass.model.svm import TrainedSvm, load_svm
+from imgclass.model.runtime import autocast, resolve_device, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class Predictions:
 
     def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
         """For each image, the ``k`` most probable labels with their probabilities."""
-        k = max(1, min(k, len(self.labels)))
-        order = np.argsort(-self.probabilities, axis=1)[:, :k]
-        return [[(self.labels[j], float(p[j])) for j in row] for row, p in zip(order, self.probabilities)]
+        return top_k(self.probabilities, self.labels, k)
 
 
 class Predictor:
@@ -63,8 +61,8 @@ class Predictor:
         content = layout.featurizer_pth.read_bytes()
         classifier = None
         if featurizer.output != "logits":
-            content += require(layout.svm_joblib, "scripts/4_trainSVM.py").read_bytes()
-            classifier = load_classifier(layout)
+            classifier = load_svm(layout.svm_joblib)
+            content += layout.svm_joblib.read_bytes()
         digest = hashlib.sha256(content).hexdigest()[:12]
         device = resolve_device(run_device)
         info = featurizer.describe()

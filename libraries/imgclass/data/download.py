@@ -34,19 +34,15 @@ import requests
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from imgclass.atomic import atomic_path
+from imgclass.io.atomic import atomic_path
 from imgclass.errors import DatasetError, ImgClassError
-from imgclass.images import (
+from imgclass.io.images import (
     UnreadableImageError,
     decode_image_bytes,
     list_image_files,
     save_jpeg,
     shrink_to_max_side,
 )
-from imgclass.parameters import PROJECT_DIR
-
-#: The bundled demo images: one sub-folder per class.
-DEMO_IMAGES_DIR = PROJECT_DIR / "resources" / "demoImages"
 
 #: Responses larger than this are abandoned: no photograph worth training on is
 #: bigger, and it bounds the memory a hostile or mistaken URL can take.
@@ -105,7 +101,7 @@ def install_demo_images(source_dir: str | Path, target_dir: str | Path) -> Insta
     Parameters
     ----------
     source_dir:
-        Folder with one sub-folder per class (normally :data:`DEMO_IMAGES_DIR`).
+        Folder with one sub-folder per class (normally ``Parameters.demo_images_dir``, ``resources/demoImages/``).
         Files directly in it (such as its ``LICENSE.md``) are not copied: only
         images inside class folders are, so the target holds nothing but classes.
     target_dir:

@@ -28,10 +28,7 @@ import torch
 from torch import nn
 
 from imgclass.errors import WeightsNotFoundError
-from imgclass.parameters import BACKBONE_NAMES, PROJECT_DIR, backbone_name_of_file
-
-#: Where users drop weight files so that no download is needed.
-MODELS_DIR = PROJECT_DIR / "resources" / "models"
+from imgclass.model.registry import BUILTIN_BACKBONES, backbone_name_of_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,7 +86,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
                                        "efficientnet-lite0-57934424.pth", None, _efficientnet_lite0),
 }
-assert set(BACKBONES) == set(BACKBONE_NAMES)
+assert set(BACKBONES) == set(BUILTIN_BACKBONES)
 
 
 def backbone_spec(name_or_path: str) -> BackboneSpec:
@@ -211,7 +208,7 @@ def _download(spec: BackboneSpec) -> Path:
     return target
 
 
-def resolve_weights_file(name_or_path: str, models_dir: Path = MODELS_DIR,
+def resolve_weights_file(name_or_path: str, models_dir: Path,
                          download: Callable[[BackboneSpec], Path] = _download) -> Path:
     """Find the weights file of a backbone (see the module docstring for the order).
 
@@ -246,7 +243,7 @@ def resolve_weights_file(name_or_path: str, models_dir: Path = MODELS_DIR,
             "pip package and work offline.") from exc
 
 
-def load_pretrained_extractor(name_or_path: str, resolution: int, models_dir: Path = MODELS_DIR,
+def load_pretrained_extractor(name_or_path: str, resolution: int, models_dir: Path,
                               pretrained: bool = True) -> tuple[FeatureExtractor, str]:
     """The feature extractor with ImageNet weights, and where they came from.
 

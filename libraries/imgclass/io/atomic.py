@@ -10,11 +10,12 @@ folder.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def _current_umask() -> int:
@@ -73,6 +74,20 @@ def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(target: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]],
+              delimiter: str = ",") -> None:
+    """Write a CSV (``header`` then ``rows``, ``\n`` line ends, UTF-8) to ``target`` atomically.
+
+    The one CSV writer of the toolkit: every table it writes (split, features,
+    predictions, training log, reports) goes through here, so all share the
+    same dialect and none is ever left half-written.
+    """
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def unused_path(path: Path) -> Path:

@@ -1,6 +1,6 @@
 """The REST service and web page of a trained model (step 6): :func:`create_app`.
 
-One :class:`~imgclass.predict.Predictor` is loaded once by the caller and
+One :class:`~imgclass.serve.predictor.Predictor` is loaded once by the caller and
 shared by every request; its forward pass runs under a lock, decoding runs in
 worker threads, so concurrent requests are safe. The app needs no network to
 be built or tested (``scripts/6_deploy.py`` runs it under uvicorn).
@@ -57,7 +57,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclass.images import UnreadableImageError, decode_image_bytes
+from imgclass.io.images import UnreadableImageError, decode_image_bytes
 from imgclass.parameters import Parameters
 
 #: Environment variable holding the API key; unset or empty = no key required.
@@ -69,7 +69,7 @@ SCORE_IMAGE_FIELD = "image base64 string"
 
 
 class ImagePredictor(Protocol):
-    """What the service needs of a model (:class:`imgclass.predict.Predictor` has it)."""
+    """What the service needs of a model (:class:`imgclass.serve.predictor.Predictor` has it)."""
 
     model_name: str
     model_version: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.svm import LinearSVC
 
-from imgclass.errors import DatasetError
+from imgclass.errors import DatasetError, MissingArtifactError
 
 MAX_ITER = 20000
 
@@ -204,3 +205,15 @@ def train_svm(X_train: np.ndarray, y_train: np.ndarray, labels: Sequence[str], f
             cv=StratifiedKFold(search.folds, shuffle=True, random_state=random_state),
             n_jobs=n_jobs).fit(X_train, y_train)
     return TrainedSvm(chosen, list(labels), dict(featurizer), search.best_C, search, per_C, calibrated)
+
+
+def load_svm(path: Path) -> TrainedSvm:
+    """Load step 4's ``svm.joblib``; a clear error if it is missing or not an imgclass SVM."""
+    import joblib
+
+    if not Path(path).is_file():
+        raise MissingArtifactError(f"{path} does not exist: run scripts/4_trainSVM.py first")
+    model = joblib.load(path)
+    if not isinstance(model, TrainedSvm):
+        raise MissingArtifactError(f"{path} is not an imgclass SVM; re-run scripts/4_trainSVM.py")
+    return model

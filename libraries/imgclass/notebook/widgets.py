@@ -1,7 +1,7 @@
 """The notebooks' glue: where the data is, thumbnails, and the ipywidgets browsers.
 
 Thin by design: listing, moving with undo and reading results live in
-:mod:`imgclass.annotations` and :mod:`imgclass.results_browser` (tested
+:mod:`imgclass.data.annotations` and :mod:`imgclass.evaluation.results` (tested
 there); this module only lays them out as widgets and wires buttons to them.
 Each browser's actions are also plain methods (``move_selected``,
 ``set_filter``, ``show`` ...) so they can be driven from code and tests
@@ -26,10 +26,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from imgclass import annotations as A
-from imgclass import results_browser as R
-from imgclass.images import UnreadableImageError, load_rgb
-from imgclass.parameters import Parameters, load_parameters
+from imgclass.data import annotations as A
+from imgclass.evaluation import results as R
+from imgclass.io.images import UnreadableImageError, load_rgb
+from imgclass.errors import ImgClassError
+from imgclass.parameters import Parameters, find_parameters_file, load_parameters
 
 #: Environment variables that point the notebooks at another data root / dataset.
 ROOT_DIR_ENV = "IMGCLASS_ROOT_DIR"
@@ -48,7 +49,11 @@ def notebook_parameters(environ: Mapping[str, str] | None = None) -> Parameters:
         values["rootDir"] = str(Path(environ[ROOT_DIR_ENV]).expanduser().resolve())
     if environ.get(DATASET_ENV):
         values["datasetName"] = environ[DATASET_ENV]
-    return load_parameters(**values)
+    try:  # the notebooks live in the project: its resources/ (demo images) are theirs
+        project_dir = find_parameters_file().parent
+    except ImgClassError:
+        project_dir = None
+    return load_parameters(project_dir=project_dir, **values)
 
 
 # --------------------------------------------------------------------------- pictures as bytes
@@ -117,7 +122,7 @@ class DatasetBrowser:
     ``browser.widget`` is what the notebook displays. Tick images in the grid,
     pick a class and press *Move*, or press *Exclude*; *Undo last* / *Undo all*
     put files back. Every change is logged in ``images/<ds>_annotations.csv``
-    (see :mod:`imgclass.annotations`).
+    (see :mod:`imgclass.data.annotations`).
     """
 
     def __init__(self, images_dir: str | os.PathLike[str], page_size: int = 24, thumbnail_side: int = 128,

@@ -3,7 +3,7 @@
 Nothing here reads files, models or parameters: every function takes numpy
 arrays (labels are integer class ids ``0..K-1``) and returns plain values or
 arrays, so the evaluation step, a notebook and the tests all compute the same
-numbers. Plotting lives in :mod:`imgclass.plots`.
+numbers. Plotting lives in :mod:`imgclass.evaluation.plots`.
 
 Two accuracies are reported because test sets are rarely balanced: the
 *overall* accuracy is dominated by the large classes, the *class-averaged*

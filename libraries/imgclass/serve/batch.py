@@ -30,9 +30,9 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from imgclass.atomic import atomic_path
+from imgclass.io.atomic import atomic_path
 from imgclass.errors import ImgClassError
-from imgclass.images import UnreadableImageError, list_image_files, load_rgb
+from imgclass.io.images import UnreadableImageError, list_image_files, load_rgb
 
 TABLE = "scores"
 COLUMNS = ("path", "label", "score", "all_scores", "model_name", "model_version", "scored_at")
@@ -113,7 +113,7 @@ def score_folder(predictor: Any, input_dir: str | Path, csv_path: str | Path, da
     predictor:
         A loaded model with ``predict(images)`` (calibrated ``probabilities``),
         ``labels``, ``model_name`` and ``model_version``, e.g.
-        :class:`imgclass.predict.Predictor`.
+        :class:`imgclass.serve.predictor.Predictor`.
     input_dir:
         Folder searched recursively (hidden files and folders are ignored).
     csv_path, database_path:

@@ -133,7 +133,7 @@ def featurize_workers(run_workers: int, device: torch.device) -> int:
 
     On the CPU each worker decodes its own batches *and* runs the network on
     them with ``cores // workers`` threads (see
-    :func:`imgclass.featurize.extract_features`): one worker per core, up to
+    :func:`imgclass.model.inference.extract_features`): one worker per core, up to
     :data:`MAX_CPU_FEATURIZE_WORKERS`, none on a single core. On 2 cores this
     is 1.2x the throughput of one process running 2 threads with decoding in
     between for ResNet-18 on photo-size JPEGs (decoding is a large share of

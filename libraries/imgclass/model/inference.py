@@ -34,11 +34,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from imgclass.backbones import BACKBONES, FeatureExtractor, build_feature_extractor
+from imgclass.model.backbones import BACKBONES, FeatureExtractor, build_feature_extractor
 from imgclass.errors import MissingArtifactError
-from imgclass.images import UnreadableImageError, load_rgb
-from imgclass.preprocessing import EvalTransform, chw_tensor, mean_fill
-from imgclass.runtime import autocast, available_cpus, release_free_memory
+from imgclass.io.images import UnreadableImageError, load_rgb
+from imgclass.model.transforms import EvalTransform, chw_tensor, mean_fill
+from imgclass.model.runtime import autocast, available_cpus, release_free_memory
 
 CHECKPOINT_FORMAT = "imgclass-featurizer-1"
 
@@ -96,7 +96,7 @@ class Featurizer:
 
         Two featurizers with the same fingerprint compute the same features, so
         features stored for one can be reused for the other (see
-        :mod:`imgclass.featurize_cache`). The file ``featurizer.pth`` itself is
+        :mod:`imgclass.model.feature_store`). The file ``featurizer.pth`` itself is
         not hashed: ``torch.save`` writes different bytes for the same weights.
         """
         digest = hashlib.sha256()
@@ -113,7 +113,7 @@ class Featurizer:
 
     def save(self, path: Path) -> None:
         """Save as a checkpoint dict of plain values and tensors (loadable with weights_only=True)."""
-        from imgclass.atomic import atomic_path
+        from imgclass.io.atomic import atomic_path
 
         checkpoint = {"format": CHECKPOINT_FORMAT, **self.describe(),
                       "state_dict": self.extractor.state_dict(),

@@ -1,0 +1,1 @@
+"""The notebooks' glue: ipywidgets browsers over the data and results modules."""

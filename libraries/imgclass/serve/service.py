@@ -1,0 +1,33 @@
+"""Step 6: serve a trained model over HTTP (REST API + web page): what ``scripts/6_deploy.py`` and
+``python -m imgclass serve`` run.
+
+Importing this module is cheap; the model, FastAPI and uvicorn are loaded by :func:`serve`.
+"""
+
+from __future__ import annotations
+
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import Parameters, StepSpec
+
+STEP = StepSpec("serve", "scripts/6_deploy.py", "serve the trained model over HTTP (REST API + web page)",
+                ("datasetName", "rootDir", "run_device", "run_precision", "deploy_host", "deploy_port",
+                 "deploy_maxRequestBytes", "deploy_maxImages", "deploy_topK"))
+
+
+def serve(params: Parameters) -> None:
+    """Load ``proc/<ds>/`` once, warm the model up, and serve it with uvicorn until Ctrl-C / SIGTERM."""
+    import uvicorn
+
+    from imgclass.serve.app import ServiceSettings, create_app, describe_settings, warm_up
+    from imgclass.serve.predictor import Predictor
+
+    predictor = Predictor.from_layout(DatasetLayout.from_parameters(params), params.run_device, params.run_precision)
+    settings = ServiceSettings.from_parameters(params)
+    print(f"Model {predictor.model_name} (version {predictor.model_version}), {len(predictor.labels)} labels, "
+          f"on {predictor.device}")
+    print(f"Limits: {describe_settings(settings)}")
+    print(f"Warmed up the model in {warm_up(predictor):.1f} s", flush=True)
+    print(f"Serving on http://{params.deploy_host}:{params.deploy_port}/ (web page), "
+          f"API docs at /docs; Ctrl-C stops", flush=True)
+    uvicorn.run(create_app(predictor, settings), host=params.deploy_host, port=params.deploy_port,
+                log_level="info", server_header=False)
