@@ -11,8 +11,7 @@ IMGCLASS_API_KEY to require 'Authorization: Bearer <key>'. Stop with Ctrl-C.
 import sys
 from pathlib import Path
 
-from imgclass.cli import run_main
-from imgclass.parameters import parse_command_line
+from imgclass.cli import parse_step, run_main
 from imgclass.serve.service import STEP, serve
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
@@ -20,7 +19,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> None:
-    serve(parse_command_line(argv, STEP.reads, __doc__, project_dir=PROJECT_DIR))
+    serve(parse_step(argv, STEP, __doc__, PROJECT_DIR))
 
 
 if __name__ == "__main__":

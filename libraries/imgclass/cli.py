@@ -16,9 +16,13 @@ Usage in ``scripts/N_name.py``::
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+import os
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from imgclass.errors import ImgClassError
+
+if TYPE_CHECKING:
+    from imgclass.parameters import Parameters, StepSpec
 
 #: Exit code for a user-facing error (bad parameter, missing input), like argparse's.
 EXIT_USER_ERROR = 2
@@ -43,6 +47,18 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
     return 0 if code is None else int(code)
 
 
+def parse_step(argv: Sequence[str], step: "StepSpec", description: str = "",
+               project_dir: str | os.PathLike[str] | None = None) -> "Parameters":
+    """The parameters of one step's run: the parameters file, ``--key=value`` overrides, ``--help``.
+
+    ``--help`` lists the parameters ``step`` reads (``step.reads``) with their
+    current values. Scripts pass their checkout as ``project_dir``.
+    """
+    from imgclass.parameters import parse_command_line
+
+    return parse_command_line(argv, step.reads, description or step.summary, project_dir=project_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m imgclass <command> [--key=value ...]``.
 
@@ -57,7 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(argv: list[str]) -> None:
-    from imgclass.parameters import parse_command_line
     from imgclass.serve.service import STEP, serve
 
-    serve(parse_command_line(argv, STEP.reads, STEP.summary))
+    serve(parse_step(argv, STEP))
