@@ -346,7 +346,7 @@ def test_deploy_and_client_scripts_never_log_the_key(trained_model: tuple[Path, 
         no_key = subprocess.run([sys.executable, str(SCRIPTS / "6_callWebservice.py"), f"--deploy_port={port}",
                                  "--deploy_clientRepeats=1"], capture_output=True, text=True, timeout=120,
                                 env={k: v for k, v in env.items() if k != API_KEY_ENV})
-        assert no_key.returncode == 1 and "HTTP 401" in no_key.stderr
+        assert no_key.returncode == 2 and "HTTP 401" in no_key.stderr  # a user-facing error, one line
     finally:
         server.terminate()
         server.wait(timeout=30)

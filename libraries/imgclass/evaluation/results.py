@@ -27,8 +27,6 @@ from imgclass.layout import DatasetLayout, require
 
 #: Prefix of the per-class score columns of predictions.csv.
 SCORE_PREFIX = "score_"
-#: The plots step 5 writes into results/<ds>/, in the order a reader wants them.
-PLOT_FILES = ("roc_curves.png", "confusion_matrix.png", "per_class_accuracy.png", "examples.png")
 MADE_BY = "scripts/5_evaluate.py"
 
 
@@ -46,12 +44,13 @@ class Results:
     labels: list[str]
     results_dir: Path
     images_dir: Path
+    #: step 5's plot files, in reading order (:attr:`DatasetLayout.evaluation_plots`)
+    plot_files: tuple[Path, ...] = ()
 
     @property
     def plots(self) -> dict[str, Path]:
-        """The plot files that exist, ``{'roc_curves': Path, ...}``, in :data:`PLOT_FILES` order."""
-        return {Path(name).stem: self.results_dir / name for name in PLOT_FILES
-                if (self.results_dir / name).is_file()}
+        """The plot files that exist, ``{'roc_curves': Path, ...}``, in reading order."""
+        return {path.stem: path for path in self.plot_files if path.is_file()}
 
 
 def score_columns(labels: list[str]) -> list[str]:
@@ -95,7 +94,7 @@ def load_results(layout: DatasetLayout) -> Results:
     if labels != labels_of(predictions):
         raise MissingArtifactError(f"{layout.predictions_csv} and {layout.metrics_json} disagree on the classes; "
                                    f"re-run {MADE_BY}")
-    return Results(predictions, metrics, labels, layout.results_dir, layout.images_dir)
+    return Results(predictions, metrics, labels, layout.results_dir, layout.images_dir, layout.evaluation_plots)
 
 
 def filter_predictions(predictions: pd.DataFrame, label: str | None = None, correct: bool | None = None,
@@ -187,6 +186,6 @@ def summary_line(metrics: dict[str, Any]) -> str:
             f"classifier {metrics.get('classifier', 'svm')}")
 
 
-__all__ = ["PLOT_FILES", "Results", "SCORE_PREFIX", "confusion_table", "filter_predictions", "labels_of",
+__all__ = ["Results", "SCORE_PREFIX", "confusion_table", "filter_predictions", "labels_of",
            "least_sure", "load_results", "metrics_table", "read_predictions", "score_columns", "score_vector",
            "summary_line"]

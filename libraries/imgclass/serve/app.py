@@ -58,14 +58,12 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclass.io.images import UnreadableImageError, decode_image_bytes
+from imgclass.model.scores import top_k as ranked_labels
+from imgclass.serve.client import API_KEY_ENV, SCORE_IMAGE_FIELD
 from imgclass.parameters import Parameters
 
-#: Environment variable holding the API key; unset or empty = no key required.
-API_KEY_ENV = "IMGCLASS_API_KEY"
 #: Folder of the web page (plain HTML/JS/CSS, shipped as package data).
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: The original client's field name for a base64 image in each ``input_df`` row.
-SCORE_IMAGE_FIELD = "image base64 string"
 
 
 class ImagePredictor(Protocol):
@@ -410,11 +408,10 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
                 names = [upload.filename for upload in uploads]
                 blobs = [(f"file {upload.filename or i!r}", await upload.read()) for i, upload in enumerate(uploads)]
         probabilities, milliseconds = await run_in_threadpool(classify, blobs)
-        k = max(1, min(top_k or settings.top_k, len(labels)))
         predictions = []
-        for index, (name, p) in enumerate(zip(names, probabilities)):
-            order = np.argsort(-p, kind="stable")[:k]
-            ranked = [LabelProbability(label=labels[j], probability=float(p[j])) for j in order]
+        for index, (name, best) in enumerate(zip(names, ranked_labels(probabilities, labels,
+                                                                       top_k or settings.top_k))):
+            ranked = [LabelProbability(label=label, probability=probability) for label, probability in best]
             predictions.append(ImagePrediction(index=index, filename=name, label=ranked[0].label,
                                                probability=ranked[0].probability, top_k=ranked))
         return PredictResponse(model_name=predictor.model_name, model_version=predictor.model_version,

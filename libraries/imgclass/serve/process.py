@@ -9,13 +9,11 @@ exit in time). A service still running when the Python process exits is
 stopped then too. For an in-process server (tests, benchmarks) see
 :func:`imgclass.serve.app.serve_in_background`.
 
-:func:`score_image` sends one image file to ``/score`` in the original
-tutorial's format, as ``scripts/6_callWebservice.py`` does.
+The client side (sending an image to ``/score``) is :mod:`imgclass.serve.client`.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
 import subprocess
@@ -24,19 +22,14 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import requests
 
-from imgclass.errors import ImgClassError
-from imgclass.serve.app import API_KEY_ENV, SCORE_IMAGE_FIELD
+from imgclass.serve.client import ServiceError
 
 #: The command that runs the service (the same code as scripts/6_deploy.py), after the interpreter.
 SERVE_COMMAND = ("-m", "imgclass", "serve")
-
-
-class ServiceError(ImgClassError):
-    """The service did not start, or a request to it failed."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -202,34 +195,4 @@ def start_service(root_dir: str | os.PathLike[str] | None = None, dataset: str |
     raise AssertionError("unreachable")
 
 
-def api_key_headers(api_key: str | None = None) -> dict[str, str]:
-    """``Authorization: Bearer <key>`` from ``api_key`` or ``$IMGCLASS_API_KEY``; {} when there is none."""
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def score_image(url: str, image_path: str | os.PathLike[str], api_key: str | None = None,
-                timeout: float = 60.0) -> dict[str, Any]:
-    """Send one image file to ``<url>/score`` as the original tutorial's client did; return the JSON answer.
-
-    The answer has ``label``, ``score`` (its probability), ``allScores`` (one
-    probability per class id), ``Id2Labels`` and ``executionTimeMs``.
-    """
-    data = Path(image_path).read_bytes()
-    payload = {"input_df": [{SCORE_IMAGE_FIELD: base64.b64encode(data).decode("ascii")}]}
-    try:
-        response = requests.post(f"{url.rstrip('/')}/score", json=payload, headers=api_key_headers(api_key),
-                                 timeout=timeout)
-    except requests.RequestException as exc:
-        raise ServiceError(f"cannot reach {url}: {exc}") from exc
-    if response.status_code != 200:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise ServiceError(f"HTTP {response.status_code} from {url}/score: {detail}")
-    return response.json()
-
-
-__all__ = ["SERVE_COMMAND", "LocalService", "ServiceError", "api_key_headers", "free_port", "score_image",
-           "start_service"]
+__all__ = ["SERVE_COMMAND", "LocalService", "ServiceError", "free_port", "start_service"]
