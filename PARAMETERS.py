@@ -3,103 +3,204 @@
 # Plain assignments only. Each value is checked when a script starts (type and
 # allowed values); every script also takes overrides on the command line,
 # e.g.  python scripts/4_trainSVM.py --datasetName=myData --svm_cvFolds=3
-# and lists what it uses with --help.
+# and lists what it uses with --help. `python -m imgclass run` runs steps 1-5.
+#
+# Change the values freely. The comments are written from the declarations in
+# imgclass/parameters.py: `python -m imgclass parameters --write-file` rewrites
+# them (and adds parameters that are new) keeping your values.
 
-# --- Data --------------------------------------------------------------------
-# Images live in <rootDir>/images/<datasetName>/<class>/*.jpg; intermediate
-# files go to <rootDir>/proc/<datasetName>/, plots and metrics to
-# <rootDir>/results/<datasetName>/. A custom dataset is this one change.
+# --- Data -----------------------------------------------------------------------------------------
+# Images live in <rootDir>/images/<datasetName>/<class>/*.jpg; intermediate files go to
+# <rootDir>/proc/<datasetName>/, plots and metrics to <rootDir>/results/<datasetName>/. A custom
+# dataset is this one change.
+
+# dataset folder name under <rootDir>/images/ (the default is the bundled demo set)
 datasetName = "tuxpaintStamps"
-rootDir = "data"                 # relative to this file's folder
+# root of images/, proc/ and results/; a relative path is relative to the parameters file's folder
+rootDir = "data"
+# 'svm': fixed DNN features + linear SVM; 'dnn': the refined DNN itself; 'svmDnnRefined': SVM on
+# the refined DNN's features
+classifier = "svm"
+# fraction of each class's images used for training
+ratioTrainTest = 0.75
+# 'filename': split individual files; 'subdir': keep each sub-folder of a class whole (all
+# training or all test)
+imagesSplitBy = "filename"
+# seed of every random choice (split, CV folds, training)
+randomSeed = 0
 
-classifier = "svm"               # 'svm' | 'dnn' | 'svmDnnRefined'
-ratioTrainTest = 0.75            # per class: 75% train, 25% test
-imagesSplitBy = "filename"       # 'filename' | 'subdir' (keep a class's subfolders whole)
-randomSeed = 0                   # seeds the split, the CV folds and training
+# --- Pretrained DNN and its refinement ------------------------------------------------------------
+# rf_pretrainedModelFilename names a backbone, such as 'resnet18', 'resnet50' or
+# 'efficientnet_lite0', or a .pth state dict whose file name starts with one (e.g.
+# resnet18-f37072fd.pth). Weights are looked for in resources/models/, then torch hub's cache,
+# then downloaded; 'efficientnet_lite0' ships with its pip package (works offline). Refinement
+# (classifier 'dnn' or 'svmDnnRefined') trains a new last layer, and the backbone unless
+# rf_boFreezeWeights, on the training images.
 
-# --- Pretrained DNN and its refinement ----------------------------------------
-# 'resnet18' | 'resnet34' | 'resnet50' | 'efficientnet_lite0', or a path to a
-# .pth state dict whose name starts with one of them (e.g. resnet18-f37072fd.pth).
-# ResNet weights are looked for in resources/models/, then torch hub's cache,
-# then downloaded; 'efficientnet_lite0' ships with its pip package (offline).
+# backbone name, or a path to a .pth state dict whose file name starts with one
 rf_pretrainedModelFilename = "resnet18"
-rf_inputResolution = 224         # input width = height in pixels
-rf_resizeMode = "pad"            # 'pad': keep the whole image, pad to square; 'crop': centre crop
+# network input width = height in pixels (the original's misspelling rf_inputResoluton is
+# accepted)
+rf_inputResolution = 224
+# 'pad': scale the longer side and pad to a square with the mean colour (the whole image is kept);
+# 'crop': scale the shorter side and centre-crop
+rf_resizeMode = "pad"
+# dropout before the new classification layer
 rf_dropoutRate = 0.5
+# refinement minibatch size
 rf_mbSize = 16
-rf_maxEpochs = 45                # 0 = no refinement
-rf_maxTrainImages = 0            # images drawn per epoch; 0 = all
-rf_lrPerMb = [0.01] * 20 + [0.001] * 20 + [0.0001]   # per epoch; the last value repeats
+# refinement epochs (0 = no refinement)
+rf_maxEpochs = 45
+# training images drawn per epoch (0 = all)
+rf_maxTrainImages = 0
+# learning rate per epoch; the last value repeats
+rf_lrPerMb = [0.01] * 20 + [0.001] * 20 + [0.0001]
+# SGD momentum
 rf_momentumPerMb = 0.9
+# L2 weight decay
 rf_l2RegWeight = 0.0005
-rf_boFreezeWeights = False       # True: train only the new last layer
-rf_boBalanceTrainingSet = False  # True: draw every class equally often
-rf_backboneLrFactor = 1.0        # backbone learning rate = this x rf_lrPerMb (new head: full rate)
-rf_validationFraction = 0.1      # of the TRAINING set, held out to pick the best epoch (never the test set)
-rf_augRandomCrop = True          # training augmentation: pad with a margin, random crop
-rf_augHorizontalFlip = True      # training augmentation: random left-right flip
-rf_augColorJitter = 0.2          # training augmentation: brightness/contrast/saturation strength; 0 = off
+# True: train only the new last layer, keep the backbone fixed
+rf_boFreezeWeights = False
+# True: draw every class equally often
+rf_boBalanceTrainingSet = False
+# the backbone learns at this fraction of rf_lrPerMb, the new last layer at the full rate (1 = one
+# rate, as the original)
+rf_backboneLrFactor = 1.0
+# part of the TRAINING set held out to pick the best epoch (never the test set; 0 = keep the last
+# epoch)
+rf_validationFraction = 0.1
+# training augmentation: scale and pad with a margin, then a random crop
+rf_augRandomCrop = True
+# training augmentation: random left-right flips
+rf_augHorizontalFlip = True
+# training augmentation: brightness/contrast/saturation jitter strength (0 = off)
+rf_augColorJitter = 0.2
 
-# --- Linear SVM ---------------------------------------------------------------
-svm_CVals = [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100]   # C is chosen by cross-validation on the training set
+# --- Linear SVM -----------------------------------------------------------------------------------
+# C is chosen by cross-validation on the training set; the test set plays no part in the choice.
+
+# SVM regularisation values C to choose from
+svm_CVals = [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100]
+# L2-normalise each feature vector before the SVM
 svm_boL2Normalize = True
+# stratified cross-validation folds on the training set (at most the smallest class's size)
 svm_cvFolds = 5
-svm_nJobs = -1                   # parallel jobs for the C search; -1 = all cores
+# parallel jobs for the C search (-1 = all cores)
+svm_nJobs = -1
 
-# --- Running the DNN ----------------------------------------------------------
-run_mbSize = 32                  # featurization batch size
-run_device = "auto"              # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
-run_workers = -1                 # image-decoding processes; -1 = auto, 0 = none
-run_precision = "auto"           # 'auto' (bf16 on CPUs with native bf16, fp16 on GPUs, else fp32) | 'fp32' | 'bf16' | 'fp16'
+# --- Running the DNN ------------------------------------------------------------------------------
+# Where and how the network runs: step 3, refinement, serving and batch scoring.
 
-# --- Evaluation ---------------------------------------------------------------
-eval_numExampleImages = 24       # test images in the right/wrong examples grid
+# featurization batch size
+run_mbSize = 32
+# 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda', 'cuda:N', 'mps'
+run_device = "auto"
+# worker processes (-1 = auto, 0 = none): on a CPU, step 3 runs one per core (up to 8), each
+# decoding and featurizing its own batches; with a GPU they only decode images (measurements:
+# BENCHMARKS.md)
+run_workers = -1
+# numeric precision of the forward pass: 'auto' (bf16 autocast on CPUs with native bf16, i.e.
+# AVX512-BF16 or AMX; fp16 on GPUs; else fp32), 'fp32', 'bf16', 'fp16' (their accuracy:
+# BENCHMARKS.md)
+run_precision = "auto"
 
-# --- Downloading images (script 0) --------------------------------------------
-download_urlsFile = ""           # TSV 'label<TAB>url'; '' installs the bundled demo images
+# --- Evaluation -----------------------------------------------------------------------------------
+# test images shown in the examples grid (wrong ones first)
+eval_numExampleImages = 24
+
+# --- Downloading images (script 0) ----------------------------------------------------------------
+# TSV of 'label<TAB>url' lines to download into images/<datasetName>/ ('' = install the bundled
+# demo images)
+download_urlsFile = ""
+# timeout of each image download
 download_timeoutSeconds = 20.0
-download_maxImageSide = 1000     # longer side of downloaded images, in pixels
+# downloaded images are shrunk so that the longer side is at most this many pixels
+download_maxImageSide = 1000
 
-# --- Scraping new images (Bing) and removing duplicates -----------------------
-# scripts/scrapeImages.py searches Bing Image Search for every "<item> <attribute>"
-# and saves the top results in images/<datasetName>/<attribute>/. The key is read
-# from the environment variable BING_SEARCH_V7_SUBSCRIPTION_KEY, never from a file.
-# Bing Search v7 was retired in August 2025: point bing_endpoint at a compatible service.
+# --- Scraping new images (scripts/scrapeImages.py) ------------------------------------------------
+# Searches Bing Image Search for every '<item> <attribute>' and saves the top results in
+# images/<datasetName>/<attribute>/ (guide: docs/scraping.md). The key is read from the
+# environment variable BING_SEARCH_V7_SUBSCRIPTION_KEY, never from a file. Bing Search v7 was
+# retired in August 2025: point bing_endpoint at a compatible service.
+
+# Bing Image Search v7 endpoint, or a compatible one
 bing_endpoint = "https://api.bing.microsoft.com/v7.0/images/search"
+# things to search for; each is combined with every attribute
 scrape_items = ["shirt", "pants", "dress", "skirt", "sweater", "scarf", "shoes"]
-scrape_attributes = ["striped", "dotted", "leopard"]   # the classes
-scrape_queriesFile = ""          # TSV 'label<TAB>query' used instead of items x attributes
-scrape_imagesPerQuery = 50       # the top N results of each query are downloaded
-scrape_countPerPage = 50         # results per search call (at most 150)
-scrape_safeSearch = "Moderate"   # 'Off' | 'Moderate' | 'Strict'
-scrape_mkt = "en-US"             # market; '' lets Bing choose
-scrape_imageType = "Photo"       # '' | 'Photo' | 'Clipart' | 'Line' | 'Shopping' | 'Transparent' | 'AnimatedGif'
-scrape_license = ""              # '' (no filter) | 'Public' | 'Share' | 'ShareCommercially' | 'Modify' | ...
-scrape_useThumbnails = False     # True: save Bing's thumbnail when the full image fails
-scrape_allowPrivateHosts = False # True: allow URLs on private/loopback/link-local addresses
+# the classes: query '<item> <attribute>', saved under images/<datasetName>/<attribute>/
+scrape_attributes = ["striped", "dotted", "leopard"]
+# TSV of 'label<TAB>query' lines used instead of items x attributes ('' = items x attributes)
+scrape_queriesFile = ""
+# search results downloaded per query (the top N)
+scrape_imagesPerQuery = 50
+# results asked for per search call (Bing allows at most 150)
+scrape_countPerPage = 50
+# Bing's adult-content filter
+scrape_safeSearch = "Moderate"
+# market of the search, e.g. 'en-US', 'de-DE' ('' = Bing chooses)
+scrape_mkt = "en-US"
+# Bing's imageType filter ('' = any)
+scrape_imageType = "Photo"
+# Bing's license filter ('' = no filter)
+scrape_license = ""
+# when an image itself cannot be downloaded, save Bing's (smaller) thumbnail of it instead
+scrape_useThumbnails = False
+# allow image URLs whose host is a private, loopback or link-local address (off: protects your
+# network)
+scrape_allowPrivateHosts = False
+# timeout of each search call and image download
 scrape_timeoutSeconds = 20.0
-scrape_maxBytes = 20_000_000     # larger downloads are abandoned
-scrape_minSecondsBetweenCalls = 0.5   # per host, the search API included
-scrape_maxRetries = 4            # on HTTP 429 and 5xx, waiting Retry-After (else 1, 2, 4, ... s)
-# scripts/removeDuplicates.py moves near-duplicates to images/<datasetName>_duplicates/.
-dedup_hashSize = 16              # dhash of hash_size x hash_size bits
-dedup_maxDistance = 16           # max differing bits of 256 (measured: docs/scraping.md); 0 = identical only
-dedup_crossClass = "keepOne"     # same image under 2 classes: 'keepOne' | 'moveAll' | 'report'
+# larger downloads are abandoned
+scrape_maxBytes = 20_000_000
+# rate limit: seconds between two requests to the same host, the search API included
+scrape_minSecondsBetweenCalls = 0.5
+# retries of a request answered 429 or 5xx (waits Retry-After, else 1, 2, 4, ... s)
+scrape_maxRetries = 4
 
-# --- Deployment (scripts 6-7) --------------------------------------------------
-# scripts/6_deploy.py serves the trained model over HTTP (REST API + a web page at /).
-# If the environment variable IMGCLASS_API_KEY is set, requests need the header
-# 'Authorization: Bearer <key>' (the key is never written to a file or a log).
-deploy_host = "127.0.0.1"        # '0.0.0.0' = every network interface (e.g. inside a container)
+# --- Removing duplicates (scripts/removeDuplicates.py) --------------------------------------------
+# Near-duplicates are moved to images/<datasetName>_duplicates/, never deleted; step 1 warns about
+# near-duplicates that the split puts into both training and test.
+
+# dhash size: a hash has dedup_hashSize x dedup_hashSize bits
+dedup_hashSize = 16
+# images whose dhashes differ in at most this many bits are near-duplicates (0 = identical hashes
+# only; how the default was chosen: docs/scraping.md)
+dedup_maxDistance = 16
+# near-duplicates under different classes: 'keepOne' (like within a class), 'moveAll' (the label
+# is ambiguous), 'report' (move none)
+dedup_crossClass = "keepOne"
+
+# --- Serving the model (scripts/6_deploy.py) ------------------------------------------------------
+# Serves the trained model over HTTP: a REST API and a web page at / (guide: docs/deployment.md).
+# If the environment variable IMGCLASS_API_KEY is set, requests need the header 'Authorization:
+# Bearer <key>' (the key is never written to a file or a log).
+
+# address the service listens on ('0.0.0.0' = every network interface, e.g. inside a container)
+deploy_host = "127.0.0.1"
+# TCP port of the service
 deploy_port = 8000
-deploy_maxRequestBytes = 20_000_000   # larger requests are refused (HTTP 413)
-deploy_maxImages = 16            # more images in one request are refused (HTTP 413)
-deploy_topK = 5                  # labels returned per image by /predict and the web page
-# scripts/6_callWebservice.py: the client.
-deploy_url = ""                  # '' = http://<deploy_host>:<deploy_port>
-deploy_clientImage = ""          # '' = a bundled demo image
-deploy_clientRepeats = 10        # requests sent, to time the round trip
-# scripts/7_batchScore.py: classify every image under a folder into a CSV and a SQLite table.
-batch_inputDir = ""              # '' = images/<datasetName>/ ; relative paths: from the current folder
-batch_outputCsv = ""             # '' = results/<datasetName>/batchScores.csv
-batch_database = ""              # '' = results/<datasetName>/batchScores.sqlite
+# larger request bodies are refused with HTTP 413
+deploy_maxRequestBytes = 20_000_000
+# more images in one request are refused with HTTP 413
+deploy_maxImages = 16
+# labels returned per image by /predict (and shown by the web page)
+deploy_topK = 5
+
+# --- The service's client (scripts/6_callWebservice.py) -------------------------------------------
+# service the client calls ('' = http://<deploy_host>:<deploy_port>)
+deploy_url = ""
+# image the client sends ('' = a bundled demo image)
+deploy_clientImage = ""
+# requests the client sends, to time the round trip
+deploy_clientRepeats = 10
+
+# --- Batch scoring (scripts/7_batchScore.py) ------------------------------------------------------
+# Classifies every image under a folder into a CSV and a SQLite table.
+
+# folder whose images (recursively) are classified ('' = images/<datasetName>/; a relative path is
+# from the current folder)
+batch_inputDir = ""
+# CSV written ('' = results/<datasetName>/batchScores.csv)
+batch_outputCsv = ""
+# SQLite database the rows are added to ('' = results/<datasetName>/batchScores.sqlite)
+batch_database = ""
