@@ -5,9 +5,11 @@ With download_urlsFile = '' (the default) the bundled demo images
 tutorial runs offline. Otherwise download_urlsFile names a TSV file of
 'label<TAB>url' lines (see resources/sampleImageUrls.tsv): each image is
 downloaded into images/<datasetName>/<label>/, checked to be a readable image
-and shrunk to download_maxImageSide pixels. Files already present are skipped
-and nothing is ever deleted or overwritten, so re-running is safe and only
-fetches what is missing.
+and shrunk to download_maxImageSide pixels. Each download must finish within
+download_timeoutSeconds; URLs on private, loopback or link-local addresses are
+refused unless scrape_allowPrivateHosts = True (the image search's guard).
+Files already present are skipped and nothing is ever deleted or overwritten,
+so re-running is safe and only fetches what is missing.
 """
 
 from __future__ import annotations
@@ -15,25 +17,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgclass.cli import run_main
+from imgclass.cli import parse_step, run_main
 from imgclass.data.download import (
+    STEP,
     count_images,
     download_images,
+    http_policy,
     install_demo_images,
     read_url_list,
     resolve_urls_file,
 )
+from imgclass.io.http import HttpClient
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import DEMO_DATASET_NAME, parse_command_line
+from imgclass.parameters import DEMO_DATASET_NAME
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
-USED = ["datasetName", "rootDir", "download_urlsFile", "download_timeoutSeconds", "download_maxImageSide"]
-
 
 def main(argv: list[str]) -> int:
-    params = parse_command_line(argv, used=USED, description=__doc__, project_dir=PROJECT_DIR)
+    params = parse_step(argv, STEP, __doc__, PROJECT_DIR)
     images_dir = DatasetLayout.from_parameters(params).images_dir
 
     if not params.download_urlsFile:
@@ -48,8 +51,8 @@ def main(argv: list[str]) -> int:
         entries = read_url_list(urls_file)
         labels = sorted({label for label, _ in entries})
         print(f"{len(entries)} URLs in {len(labels)} classes from {urls_file} -> {images_dir}")
-        report = download_images(entries, images_dir, timeout=params.download_timeoutSeconds,
-                                 max_side=params.download_maxImageSide)
+        report = download_images(entries, images_dir, HttpClient(http_policy(params)),
+                                 params.download_maxImageSide)
         print(report.summary())
 
     print(f"{images_dir} now holds {count_images(images_dir)} images; next: scripts/1_prepareData.py")

@@ -4,8 +4,9 @@ Searches every '<item> <attribute>' of scrape_items x scrape_attributes (or the
 'label<TAB>query' lines of scrape_queriesFile) with the Bing Image Search v7 API
 at bing_endpoint, and downloads the top scrape_imagesPerQuery results of each
 into images/<datasetName>/<attribute>/ as JPEGs (at most download_maxImageSide
-pixels). The API key is read from the environment variable
-BING_SEARCH_V7_SUBSCRIPTION_KEY. Every URL tried is appended to
+pixels), through the same guarded HTTP client as step 0 (no private or
+loopback addresses unless scrape_allowPrivateHosts = True). The API key is read
+from the environment variable BING_SEARCH_V7_SUBSCRIPTION_KEY. Every URL tried is appended to
 images/<datasetName>/scrapeManifest.tsv, so re-running resumes where a run
 stopped. Next: scripts/removeDuplicates.py, then scripts/1_prepareData.py.
 """
@@ -16,21 +17,15 @@ import logging
 import sys
 from pathlib import Path
 
-from imgclass.cli import run_main
-from imgclass.parameters import parse_command_line
-from imgclass.data.scraping import queries_from_parameters, scrape
+from imgclass.cli import parse_step, run_main
+from imgclass.data.scraping import STEP, queries_from_parameters, scrape
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
-USED = ["datasetName", "rootDir", "bing_endpoint", "scrape_items", "scrape_attributes", "scrape_queriesFile",
-        "scrape_imagesPerQuery", "scrape_countPerPage", "scrape_safeSearch", "scrape_mkt", "scrape_imageType",
-        "scrape_license", "scrape_useThumbnails", "scrape_allowPrivateHosts", "scrape_timeoutSeconds",
-        "scrape_maxBytes", "scrape_minSecondsBetweenCalls", "scrape_maxRetries", "download_maxImageSide"]
-
 
 def main(argv: list[str]) -> int:
-    params = parse_command_line(argv, used=USED, description=__doc__, project_dir=PROJECT_DIR)
+    params = parse_step(argv, STEP, __doc__, PROJECT_DIR)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     queries = queries_from_parameters(params)

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from imgclass.data.download import (
+    MAX_DOWNLOAD_BYTES,
     DownloadReport,
     UrlListError,
     download_images,
@@ -29,6 +30,7 @@ from imgclass.data.download import (
     resolve_urls_file,
 )
 from imgclass.errors import DatasetError
+from imgclass.io.http import HttpClient, HttpPolicy
 from imgclass.io.images import load_rgb
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -36,6 +38,12 @@ SCRIPT = PROJECT_DIR / "scripts" / "0_downloadData.py"
 DEMO_IMAGES_DIR = PROJECT_DIR / "resources" / "demoImages"
 TIMEOUT = 0.5
 MAX_SIDE = 100
+
+
+def client(max_bytes: int = MAX_DOWNLOAD_BYTES, allow_private_hosts: bool = True) -> HttpClient:
+    """Step 0's client (no retries, no rate limit); the test server is on 127.0.0.1, so private hosts are allowed."""
+    return HttpClient(HttpPolicy(timeout=TIMEOUT, max_retries=0, min_seconds_between_calls=0.0,
+                                 allow_private_hosts=allow_private_hosts, max_bytes=max_bytes))
 
 
 # --------------------------------------------------------------------------- test data
@@ -152,7 +160,7 @@ def _bad_entries(base: str) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- download_images
 def test_download_keeps_only_decodable_shrunk_images_and_counts_failures(server: str, tmp_path: Path) -> None:
     entries = _good_entries(server) + _bad_entries(server)
-    report = download_images(entries, tmp_path, timeout=TIMEOUT, max_side=MAX_SIDE, progress=False)
+    report = download_images(entries, tmp_path, client(), MAX_SIDE, progress=False)
 
     assert report.total == len(entries)
     assert report.downloaded == 3
@@ -187,13 +195,20 @@ def test_download_keeps_only_decodable_shrunk_images_and_counts_failures(server:
     assert sizes["rotated.jpg"] == (40, 80)  # EXIF orientation applied before saving
 
 
+def test_private_addresses_are_refused_unless_allowed(server: str, tmp_path: Path) -> None:
+    entries = _good_entries(server) + [("trees", "http://[::ffff:127.0.0.1]:9/x.jpg")]
+    report = download_images(entries, tmp_path, client(allow_private_hosts=False), MAX_SIDE, progress=False)
+    assert report.failures_by_reason() == {"private address refused": 4}
+    assert _all_files(tmp_path) == []
+
+
 def test_second_run_downloads_nothing(server: str, tmp_path: Path) -> None:
     entries = _good_entries(server)
-    first = download_images(entries, tmp_path, timeout=TIMEOUT, max_side=MAX_SIDE, progress=False)
+    first = download_images(entries, tmp_path, client(), MAX_SIDE, progress=False)
     assert first.downloaded == 3
     before = {p: p.stat().st_mtime_ns for p in _all_files(tmp_path)}
 
-    second = download_images(entries, tmp_path, timeout=TIMEOUT, max_side=MAX_SIDE, progress=False)
+    second = download_images(entries, tmp_path, client(), MAX_SIDE, progress=False)
     assert (second.downloaded, second.already_present, second.failed) == (0, 3, [])
     assert "downloaded 0 of 3 (3 already present, 0 failed)" in second.summary()
     assert {p: p.stat().st_mtime_ns for p in _all_files(tmp_path)} == before
@@ -201,8 +216,7 @@ def test_second_run_downloads_nothing(server: str, tmp_path: Path) -> None:
 
 def test_size_limit_holds_with_and_without_content_length(server: str, tmp_path: Path) -> None:
     entries = [("a", f"{server}/big.png"), ("a", f"{server}/nolength.jpg")]
-    report = download_images(entries, tmp_path, timeout=TIMEOUT, max_side=MAX_SIDE, progress=False,
-                             max_bytes=len(BIG_PNG) // 2)
+    report = download_images(entries, tmp_path, client(max_bytes=len(BIG_PNG) // 2), MAX_SIDE, progress=False)
     assert report.downloaded == 0
     assert [reason for _, reason in report.failed] == ["too large", "too large"]
     assert _all_files(tmp_path) == []
@@ -210,8 +224,8 @@ def test_size_limit_holds_with_and_without_content_length(server: str, tmp_path:
 
 def test_download_rejects_unsafe_labels_before_any_request(tmp_path: Path) -> None:
     with pytest.raises(UrlListError, match="dot"):
-        download_images([("../escape", "http://127.0.0.1:9/x.jpg")], tmp_path, timeout=TIMEOUT,
-                        max_side=MAX_SIDE, progress=False)
+        download_images([("../escape", "http://127.0.0.1:9/x.jpg")], tmp_path, client(), MAX_SIDE,
+                        progress=False)
     assert _all_files(tmp_path) == []
 
 
@@ -357,6 +371,11 @@ def test_script_downloads_a_url_list(server: str, tmp_path: Path) -> None:
     args = ("--datasetName=x", f"--download_urlsFile={tsv}", f"--download_timeoutSeconds={TIMEOUT}",
             f"--download_maxImageSide={MAX_SIDE}")
 
+    guarded = _run_script(tmp_path, *args)  # the test server is on 127.0.0.1: refused by default
+    assert guarded.returncode == 0, guarded.stderr
+    assert "4 x private address refused" in guarded.stdout and "downloaded 0 of 4" in guarded.stdout
+
+    args += ("--scrape_allowPrivateHosts=True",)
     result = _run_script(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert "downloaded 3 of 4" in result.stdout

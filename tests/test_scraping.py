@@ -27,15 +27,14 @@ from imgclass.data.scraping import (
     KEY_ENVIRONMENT_VARIABLE,
     MANIFEST_COLUMNS,
     Query,
-    RateLimiter,
     ScrapeError,
     build_queries,
-    host_problem,
-    parse_retry_after,
+    http_policy,
     read_manifest,
     read_queries_file,
     scrape,
 )
+from imgclass.io.http import HttpClient
 
 KEY = "test-SECRET-key-0123456789"
 MAX_BYTES = 3_000_000
@@ -151,6 +150,12 @@ class FakeTime:
         self.now += seconds
 
 
+def client(params: Parameters, fake_time: FakeTime | None = None) -> HttpClient:
+    """The scraper's client, waiting on a fake clock (instant sleeps)."""
+    fake_time = fake_time or FakeTime()
+    return HttpClient(http_policy(params), sleep=fake_time.sleep, clock=fake_time.clock, secret=KEY)
+
+
 def make_params(tmp_path: Path, web: FakeWeb, **changes) -> Parameters:
     values = dict(rootDir=str(tmp_path / "data"), datasetName="scraped",
                   bing_endpoint=web.base + "/v7.0/images/search", scrape_countPerPage=5,
@@ -234,7 +239,7 @@ def test_scrape_downloads_checks_and_records_everything(tmp_path, web, catalogue
     caplog.set_level(logging.DEBUG)
     params = make_params(tmp_path, web)
     fake_time = FakeTime()
-    report = scrape(params, key=KEY, queries=QUERIES, sleep=fake_time.sleep, clock=fake_time.clock)
+    report = scrape(params, key=KEY, queries=QUERIES, client=client(params, fake_time))
     images = Path(params.rootDir) / "images" / "scraped"
 
     # the manifest: a header, then one line per result, in the documented columns
@@ -297,14 +302,14 @@ def test_rerun_after_an_interrupted_run_resumes(tmp_path, web, catalogue, monkey
     monkeypatch.setattr(scraping, "save_jpeg", save_then_crash)
     fake_time = FakeTime()
     with pytest.raises(KeyboardInterrupt):
-        scrape(params, key=KEY, queries=QUERIES, sleep=fake_time.sleep, clock=fake_time.clock)
+        scrape(params, key=KEY, queries=QUERIES, client=client(params, fake_time))
     monkeypatch.setattr(scraping, "save_jpeg", real_save)
     manifest = Path(params.rootDir) / "images" / "scraped" / "scrapeManifest.tsv"
     done_before = {row["url"] for row in read_manifest(manifest)}
     assert len([r for r in read_manifest(manifest) if r["status"] == "ok"]) == 3
     counts_before = Counter(path for path, _ in web.requests)
 
-    report = scrape(params, key=KEY, queries=QUERIES, sleep=fake_time.sleep, clock=fake_time.clock)
+    report = scrape(params, key=KEY, queries=QUERIES, client=client(params, fake_time))
     counts_after = Counter(path for path, _ in web.requests)
     for url in done_before:  # downloaded or known bad: not fetched again
         path = urllib.parse.urlsplit(url).path
@@ -319,7 +324,7 @@ def test_rerun_after_an_interrupted_run_resumes(tmp_path, web, catalogue, monkey
     # a third run fetches no image at all, even for a file moved away since (e.g. by removeDuplicates.py)
     (Path(params.rootDir) / "images" / "scraped" / "striped" / file_name_for_url(catalogue["a_copy"])).unlink()
     before = sum(1 for path, _ in web.requests if path.startswith("/img/"))
-    third = scrape(params, key=KEY, queries=QUERIES, sleep=fake_time.sleep, clock=fake_time.clock)
+    third = scrape(params, key=KEY, queries=QUERIES, client=client(params, fake_time))
     assert sum(1 for path, _ in web.requests if path.startswith("/img/")) == before
     assert third.queries[0].already_had == 11 and third.queries[0].known_bad == 6
 
@@ -328,45 +333,25 @@ def test_slow_image_host_times_out(tmp_path, web):
     slow = web.add("/img/slow.jpg", (200, {"Content-Type": "image/jpeg", "X-Delay": "1"}, image_files()["a"]))
     web.results["slow"] = [{"contentUrl": slow}]
     params = make_params(tmp_path, web, scrape_timeoutSeconds=0.3)
-    report = scrape(params, key=KEY, queries=[Query("x", "slow")], sleep=FakeTime().sleep)
+    report = scrape(params, key=KEY, queries=[Query("x", "slow")], client=client(params))
     assert report.queries[0].failed == Counter({"timeout": 1})
     assert web.count("/img/slow.jpg") == 1  # a silent host is not retried
 
 
 def test_private_hosts_are_refused_by_default(tmp_path, web, catalogue):
     params = make_params(tmp_path, web, scrape_allowPrivateHosts=False)
-    report = scrape(params, key=KEY, queries=QUERIES[:1], sleep=FakeTime().sleep)
+    report = scrape(params, key=KEY, queries=QUERIES[:1], client=client(params))
     assert report.queries[0].found == len(EXPECTED_STATUS)
     assert report.queries[0].downloaded == 0
     assert report.queries[0].failed["private_host"] == len(EXPECTED_STATUS) - 1  # and one ftp:// bad_url
     assert not any(path.startswith(("/img/", "/thumb/")) for path, _ in web.requests)
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("http://127.0.0.1/x.jpg", "private_host"),
-    ("http://localhost:8080/x.jpg", "private_host"),
-    ("http://10.1.2.3/x.jpg", "private_host"),
-    ("http://192.168.0.1/", "private_host"),
-    ("http://169.254.169.254/latest/meta-data/", "private_host"),
-    ("http://[::1]/x.jpg", "private_host"),
-    ("http://[::ffff:127.0.0.1]/x.jpg", "private_host"),
-    ("http://[fe80::1]/x.jpg", "private_host"),
-    ("http://0.0.0.0/x.jpg", "private_host"),
-    ("https://8.8.8.8/x.jpg", None),
-    ("ftp://8.8.8.8/x.jpg", "bad_url"),
-    ("file:///etc/passwd", "bad_url"),
-    ("http://8.8.8.8:99999/x.jpg", "bad_url"),
-])
-def test_host_problem(url, problem):
-    assert host_problem(url) == problem
-    assert host_problem(url, allow_private_hosts=True) == (problem if problem == "bad_url" else None)
-
-
 def test_refused_key_is_a_clear_error_without_the_key(tmp_path, web, catalogue):
     params = make_params(tmp_path, web)
     wrong = "wrong-" + KEY
     with pytest.raises(ScrapeError) as error:
-        scrape(params, key=wrong, queries=QUERIES, sleep=FakeTime().sleep)
+        scrape(params, key=wrong, queries=QUERIES, client=client(params))
     assert "HTTP 401" in str(error.value) and KEY_ENVIRONMENT_VARIABLE in str(error.value)
     assert wrong not in str(error.value) and KEY not in str(error.value)
 
@@ -382,7 +367,7 @@ def test_search_failing_after_retries_is_reported_and_the_next_query_runs(tmp_pa
     for offset in (0,):
         web.throttle_search_once.add(("shirt striped", offset))
     params = make_params(tmp_path, web, scrape_maxRetries=0)
-    report = scrape(params, key=KEY, queries=QUERIES, sleep=FakeTime().sleep)
+    report = scrape(params, key=KEY, queries=QUERIES, client=client(params))
     assert report.queries[0].search_error == "http_429"
     assert report.queries[1].downloaded == 1
     assert "searches failed" in report.summary()
@@ -390,27 +375,10 @@ def test_search_failing_after_retries_is_reported_and_the_next_query_runs(tmp_pa
 
 def test_images_per_query_caps_the_results_and_pages(tmp_path, web, catalogue):
     params = make_params(tmp_path, web, scrape_imagesPerQuery=4, scrape_countPerPage=2)
-    report = scrape(params, key=KEY, queries=QUERIES[:1], sleep=FakeTime().sleep)
+    report = scrape(params, key=KEY, queries=QUERIES[:1], client=client(params))
     assert report.queries[0].found == 4
     searches = [h for p, h in web.requests if p == "/v7.0/images/search"]
     assert len(searches) == 2
-
-
-def test_rate_limit_between_calls_to_the_same_host():
-    fake_time = FakeTime()
-    limiter = RateLimiter(0.5, fake_time.clock, fake_time.sleep)
-    limiter.wait("a")
-    limiter.wait("b")
-    limiter.wait("a")
-    fake_time.now += 0.2
-    limiter.wait("a")
-    assert fake_time.sleeps == [0.5, pytest.approx(0.3)]
-
-
-def test_parse_retry_after():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
 def test_queries_from_items_attributes_and_file(tmp_path):
@@ -451,3 +419,29 @@ def test_script_scrapes_and_prints_a_summary(tmp_path, web, catalogue, monkeypat
     out = capsys.readouterr().out
     assert "'plain' -> plainLabel: found 3, downloaded 2" in out and KEY not in out
     assert len(list((tmp_path / "data" / "images" / "fromScript" / "plainLabel").glob("*.jpg"))) == 2
+
+
+def test_manifest_lines_naming_files_outside_the_dataset_are_ignored(tmp_path, web, catalogue):
+    """The manifest travels with the images: a crafted ``file`` must not make the scraper copy a file in."""
+    params = make_params(tmp_path, web)
+    images = Path(params.rootDir) / "images" / "scraped"
+    (images / "striped").mkdir(parents=True)
+    secret = tmp_path / "data" / "secret.jpg"
+    secret.write_bytes(b"not for the dataset")
+    (images / "striped" / "link.jpg").symlink_to(secret)
+    crafted = {"../../secret.jpg": catalogue["a"], str(secret): catalogue["i"],
+               "striped/link.jpg": catalogue["b_png"], "scrapeManifest.tsv": catalogue["exif"]}
+    lines = ["\t".join(MANIFEST_COLUMNS)] + [f"elsewhere\tq\t{url}\t{file}\t\tok" for file, url in crafted.items()]
+    (images / "scrapeManifest.tsv").write_text("\n".join(lines) + "\n")
+    web.results["plain"] = [{"contentUrl": url} for url in crafted.values()]
+
+    report = scrape(params, key=KEY, queries=[Query("dotted", "plain")], client=client(params))
+
+    assert report.untrusted_rows == 4 and "ignored 4 line(s) of the manifest" in report.summary()
+    assert report.queries[0].downloaded == 4  # fetched from the web, not copied from the named files
+    for url in crafted.values():
+        saved = images / "dotted" / file_name_for_url(url)
+        with Image.open(saved) as image:
+            assert image.format == "JPEG"
+        assert saved.read_bytes() != secret.read_bytes()
+    assert secret.read_bytes() == b"not for the dataset"

@@ -8,7 +8,9 @@ ways:
   offline.
 - :func:`read_url_list` + :func:`download_images` fetch the images of a TSV
   file of ``label<TAB>url`` lines (the format of the original tutorial's
-  ``fashionTextureUrls.tsv``).
+  ``fashionTextureUrls.tsv``), through the guarded client of
+  :mod:`imgclass.io.http` (the one the image search uses too): no private or
+  loopback address, a size cap, a deadline per download.
 
 Both are safe to re-run: a file that is already there is skipped, never
 overwritten, and nothing is ever deleted, so a user's own images and edits in
@@ -16,6 +18,10 @@ the image folder survive. Every file is written atomically, so an interrupted
 run leaves no half-written image that a later step would trip over. A
 download that fails (HTTP error, timeout, not an image, ...) is counted by
 reason and leaves no file: one dead link must not stop a list of thousands.
+
+:func:`fetch_image` (download, check, decode, shrink) is shared with the
+image search (:mod:`imgclass.data.scraping`), so both fail for the same
+reasons with the same codes.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import requests
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from imgclass.io.atomic import atomic_path
 from imgclass.errors import DatasetError, ImgClassError
+from imgclass.io import http
+from imgclass.io.atomic import atomic_path
+from imgclass.io.http import FetchFailed, HttpClient, HttpPolicy
 from imgclass.io.images import (
     UnreadableImageError,
     decode_image_bytes,
@@ -43,31 +50,42 @@ from imgclass.io.images import (
     save_jpeg,
     shrink_to_max_side,
 )
+from imgclass.io.names import label_problem
+from imgclass.parameters import Parameters, StepSpec
+
+STEP = StepSpec("download", "scripts/0_downloadData.py",
+                "put images into images/<datasetName>/<class>/: the bundled demo set, or a list of URLs",
+                ("datasetName", "rootDir", "download_urlsFile", "download_timeoutSeconds", "download_maxImageSide",
+                 "scrape_allowPrivateHosts"))
 
 #: Responses larger than this are abandoned: no photograph worth training on is
 #: bigger, and it bounds the memory a hostile or mistaken URL can take.
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 
-#: Some image hosts refuse requests without a User-Agent.
-USER_AGENT = "imgclass/0.1 (image classification tutorial; python-requests)"
-
-#: Characters that are unsafe in a folder name on Windows, macOS or Linux.
-_UNSAFE_LABEL_CHARS = set('/\\<>:"|?*')
-_MAX_LABEL_LENGTH = 100
 _MAX_STEM_LENGTH = 60
 _HASH_LENGTH = 10
-_CHUNK_BYTES = 64 * 1024
 _MAX_REPORTED_LINES = 10
 
-# Short failure reasons; the report counts failures by these.
-REASON_TIMEOUT = "timeout"
-REASON_CONNECTION = "connection error"
-REASON_TOO_LARGE = "too large"
-REASON_EMPTY = "empty response"
-REASON_NOT_IMAGE = "not an image"
-REASON_CORRUPT = "corrupt image"
-REASON_BAD_URL = "invalid URL"
-REASON_REQUEST = "request error"
+# Reasons an image download fails beyond those of the HTTP client (imgclass.io.http).
+NOT_IMAGE = "not_image"      # the Content-Type is not an image, or the bytes are no image format
+UNDECODABLE = "undecodable"  # an image format, but corrupt or truncated
+EMPTY = "empty"              # the server answered nothing
+_GENERIC_CONTENT_TYPES = ("", "application/octet-stream", "binary/octet-stream")
+
+#: How step 0's report words each reason code.
+REASON_TEXT = {
+    http.TIMEOUT: "timeout", http.CONNECTION_ERROR: "connection error", http.DNS_ERROR: "host not found",
+    http.TOO_LARGE: "too large", http.BAD_URL: "invalid URL", http.PRIVATE_HOST: "private address refused",
+    http.TOO_MANY_REDIRECTS: "too many redirects", EMPTY: "empty response", NOT_IMAGE: "not an image",
+    UNDECODABLE: "corrupt image",
+}
+
+
+def describe_reason(reason: str) -> str:
+    """The words for a reason code: ``'http_404'`` -> ``'HTTP 404'``, ``'not_image'`` -> ``'not an image'``."""
+    if reason.startswith("http_"):
+        return f"HTTP {reason[5:]}"
+    return REASON_TEXT.get(reason, reason)
 
 
 class UrlListError(ImgClassError):
@@ -140,39 +158,14 @@ def install_demo_images(source_dir: str | Path, target_dir: str | Path) -> Insta
 
 
 # --------------------------------------------------------------------------- URL list
-def label_problem(label: str) -> str | None:
-    """Why ``label`` cannot be a class folder name, or None if it can.
-
-    Labels become folder names under ``images/<dataset>/``, so they must not
-    escape that folder (``..``, slashes), be hidden (a leading dot: hidden
-    folders are ignored when images are listed) or be invalid on Windows.
-    """
-    if not label:
-        return "the label is empty"
-    if label in (".", "..") or label.startswith("."):
-        return f"label {label!r} starts with a dot (hidden or parent folder)"
-    bad = sorted({c for c in label if c in _UNSAFE_LABEL_CHARS or unicodedata.category(c) == "Cc"})
-    if bad:
-        return f"label {label!r} contains characters not allowed in a folder name: {' '.join(map(repr, bad))}"
-    if label.endswith((" ", ".")):
-        return f"label {label!r} ends with a space or a dot (not a valid folder name on Windows)"
-    if len(label) > _MAX_LABEL_LENGTH:
-        return f"label is longer than {_MAX_LABEL_LENGTH} characters"
-    return None
-
-
 def url_problem(url: str) -> str | None:
-    """Why ``url`` is not a downloadable http(s) URL, or None if it is."""
+    """Why ``url`` is not a URL the guarded client accepts (:func:`imgclass.io.http.parse_target`), or None."""
     if not url:
         return "the URL is empty"
-    if any(c.isspace() for c in url):
-        return f"URL {url!r} contains white space"
     try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        return f"URL {url!r} cannot be parsed: {exc}"
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return f"URL {url!r} is not an http:// or https:// address"
+        http.parse_target(url)
+    except FetchFailed as failure:
+        return f"URL {url!r} is not accepted: {failure.detail}"
     return None
 
 
@@ -302,53 +295,39 @@ class DownloadReport:
         return "\n".join(lines)
 
 
-class _DownloadFailed(Exception):
-    """Internal: one URL could not be turned into an image; ``args[0]`` is the reason."""
+def fetch_image(client: HttpClient, url: str, max_side: int) -> Image.Image:
+    """Download ``url``, check it is an image, decode it (EXIF orientation applied) and shrink it to ``max_side``.
 
-
-def _fetch(session: requests.Session, url: str, timeout: float, max_bytes: int) -> bytes:
-    """GET ``url`` and return its body, or raise :class:`_DownloadFailed` with a short reason."""
+    Raises :class:`~imgclass.io.http.FetchFailed` with the client's reason codes,
+    ``http_<status>`` for an HTTP error, :data:`NOT_IMAGE` (the ``Content-Type``
+    is not an image, or the bytes are no image format), :data:`EMPTY` or
+    :data:`UNDECODABLE` (corrupt or truncated).
+    """
+    body = client.get(url)
+    if body.status >= 300:
+        raise FetchFailed(f"http_{body.status}")
+    content_type = body.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if not content_type.startswith("image/") and content_type not in _GENERIC_CONTENT_TYPES:
+        raise FetchFailed(NOT_IMAGE, content_type)
+    if not body.content:
+        raise FetchFailed(EMPTY)
     try:
-        with session.get(url, timeout=timeout, stream=True) as response:
-            if response.status_code >= 400:
-                raise _DownloadFailed(f"HTTP {response.status_code}")
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise _DownloadFailed(REASON_TOO_LARGE)
-            body = bytearray()
-            for chunk in response.iter_content(_CHUNK_BYTES):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise _DownloadFailed(REASON_TOO_LARGE)
-            return bytes(body)
-    except requests.exceptions.Timeout:
-        raise _DownloadFailed(REASON_TIMEOUT) from None
-    except requests.exceptions.ConnectionError as exc:
-        # requests reports a read timeout in the middle of the body as a ConnectionError.
-        timed_out = "timed out" in str(exc).lower()
-        raise _DownloadFailed(REASON_TIMEOUT if timed_out else REASON_CONNECTION) from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema):
-        raise _DownloadFailed(REASON_BAD_URL) from None
-    except requests.exceptions.RequestException:
-        raise _DownloadFailed(REASON_REQUEST) from None
-
-
-def _decode(data: bytes, url: str, max_side: int) -> Image.Image:
-    """Decode downloaded bytes (EXIF orientation applied) and shrink to ``max_side``."""
-    if not data:
-        raise _DownloadFailed(REASON_EMPTY)
-    try:
-        image = decode_image_bytes(data, source=url, draft_size=(max_side, max_side))
+        image = decode_image_bytes(body.content, source=url, draft_size=(max_side, max_side))
     except UnreadableImageError as exc:
         unidentified = isinstance(exc.__cause__, UnidentifiedImageError)
-        raise _DownloadFailed(REASON_NOT_IMAGE if unidentified else REASON_CORRUPT) from None
+        raise FetchFailed(NOT_IMAGE if unidentified else UNDECODABLE, str(exc)) from None
     return shrink_to_max_side(image, max_side)
 
 
-def download_images(entries: Sequence[tuple[str, str]], target_dir: str | Path, timeout: float,
-                    max_side: int, session: requests.Session | None = None, progress: bool = True,
-                    max_bytes: int = MAX_DOWNLOAD_BYTES) -> DownloadReport:
+def http_policy(params: Parameters) -> HttpPolicy:
+    """Step 0's download rules: ``download_timeoutSeconds`` (also the deadline of each download), no retries,
+    the private-address guard of the image search (``scrape_allowPrivateHosts``), :data:`MAX_DOWNLOAD_BYTES`."""
+    return HttpPolicy(timeout=params.download_timeoutSeconds, max_retries=0, min_seconds_between_calls=0.0,
+                      allow_private_hosts=params.scrape_allowPrivateHosts, max_bytes=MAX_DOWNLOAD_BYTES)
+
+
+def download_images(entries: Sequence[tuple[str, str]], target_dir: str | Path, client: HttpClient,
+                    max_side: int, progress: bool = True) -> DownloadReport:
     """Download ``(label, url)`` entries into ``target_dir/<label>/<name>.jpg``.
 
     Parameters
@@ -357,24 +336,18 @@ def download_images(entries: Sequence[tuple[str, str]], target_dir: str | Path, 
         ``(label, url)`` pairs, e.g. from :func:`read_url_list`.
     target_dir:
         ``images/<dataset>/``; class folders are created as needed.
-    timeout:
-        Seconds to wait for the connection and for each read (requests'
-        semantics: a slow but steady download is not cut off).
+    client:
+        The guarded HTTP client (see :func:`http_policy` for step 0's rules).
     max_side:
         The longer side of each saved image is at most this many pixels:
         training never needs more, and the folder stays small.
-    session:
-        A ``requests.Session`` to use (connection reuse, custom headers,
-        tests); default a new one with a User-Agent.
     progress:
         Show a tqdm progress bar on stderr.
-    max_bytes:
-        Larger responses are abandoned as ``"too large"``.
 
     Returns
     -------
     DownloadReport
-        Counts of downloaded, already present and failed (with reasons).
+        Counts of downloaded, already present and failed (with reasons in words).
 
     Notes
     -----
@@ -389,27 +362,19 @@ def download_images(entries: Sequence[tuple[str, str]], target_dir: str | Path, 
         problem = label_problem(label)
         if problem:
             raise UrlListError(problem)
-    own_session = session is None
-    if session is None:
-        session = requests.Session()
-        session.headers["User-Agent"] = USER_AGENT
     report = DownloadReport(total=len(entries))
-    try:
-        for label, url in tqdm(entries, desc="downloading", unit="image", disable=not progress):
-            target = target_dir / label / file_name_for_url(url)
-            if target.exists():
-                report.already_present += 1
-                continue
-            try:
-                image = _decode(_fetch(session, url, timeout, max_bytes), url, max_side)
-            except _DownloadFailed as failure:
-                report.failed.append((url, str(failure)))
-                continue
-            save_jpeg(image, target)
-            report.downloaded += 1
-    finally:
-        if own_session:
-            session.close()
+    for label, url in tqdm(entries, desc="downloading", unit="image", disable=not progress):
+        target = target_dir / label / file_name_for_url(url)
+        if target.exists():
+            report.already_present += 1
+            continue
+        try:
+            image = fetch_image(client, url, max_side)
+        except FetchFailed as failure:
+            report.failed.append((url, describe_reason(failure.reason)))
+            continue
+        save_jpeg(image, target)
+        report.downloaded += 1
     return report
 
 

@@ -8,17 +8,19 @@ does the same, for any endpoint that speaks the Bing Image Search v7 protocol
 
 - :class:`BingImageSearch` pages through ``GET <endpoint>?q=&count=&offset=``
   by ``nextOffset``, with the key in the ``Ocp-Apim-Subscription-Key`` header.
-- :class:`HttpClient` is the only place that talks to the network: only
-  http/https, hosts that resolve to private, loopback or link-local addresses
-  refused (unless allowed), redirects followed hop by hop under the same rule,
-  retries with backoff on 429 and 5xx honouring ``Retry-After``, a minimum
-  interval between two requests to the same host, a size cap and timeouts.
+- Every request goes through the guarded client of :mod:`imgclass.io.http`
+  (the one step 0 uses too): no private, loopback or link-local address at
+  any redirect hop, the connection pinned to the address checked, retries on
+  429 and 5xx honouring ``Retry-After``, a minimum interval between two
+  requests to the same host, a size cap and a deadline per download.
 - :func:`scrape` downloads each result's ``contentUrl`` (or, if asked, its
-  ``thumbnailUrl`` when that fails), checks it is an image, applies the EXIF
-  orientation, shrinks it to ``download_maxImageSide`` and saves a JPEG named
-  after a hash of the URL in ``images/<dataset>/<label>/``. Every outcome is
-  appended to a manifest TSV as it happens, so a re-run resumes: URLs already
-  downloaded, or known to be bad, are not fetched again.
+  ``thumbnailUrl`` when that fails) with :func:`imgclass.data.download.fetch_image`
+  (an image, EXIF orientation applied, shrunk to ``download_maxImageSide``) and
+  saves a JPEG named after a hash of the URL in ``images/<dataset>/<label>/``.
+  Every outcome is appended to the manifest (``DatasetLayout.scrape_manifest_tsv``)
+  as it happens, so a re-run resumes: URLs already downloaded, or known to be
+  bad, are not fetched again. The manifest travels with the images, so the
+  files it names are trusted only inside the dataset folder.
 
 The subscription key is read from the environment variable
 ``BING_SEARCH_V7_SUBSCRIPTION_KEY``, is sent only to the search endpoint (never
@@ -28,71 +30,52 @@ to image hosts), and is removed from every message this module produces.
 from __future__ import annotations
 
 import csv
-import email.utils
 import hashlib
-import ipaddress
 import json
 import logging
 import os
 import shutil
-import socket
-import time
-import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
-import requests
-
-from imgclass.io.atomic import atomic_path
-from imgclass.data.download import USER_AGENT, file_name_for_url, label_problem, resolve_urls_file
+from imgclass.data.download import fetch_image, file_name_for_url, resolve_urls_file
 from imgclass.errors import ImgClassError
-from imgclass.io.images import UnreadableImageError, decode_image_bytes, save_jpeg, shrink_to_max_side
+from imgclass.io import http
+from imgclass.io.atomic import atomic_path
+from imgclass.io.http import FetchFailed, HttpClient, HttpPolicy, redact
+from imgclass.io.images import is_image_file, save_jpeg
+from imgclass.io.moves import UnsafePathError, confined
+from imgclass.io.names import label_problem
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import Parameters
+from imgclass.parameters import Parameters, StepSpec
 
 log = logging.getLogger(__name__)
+
+STEP = StepSpec("scrape", "scripts/scrapeImages.py",
+                "search images for every query and download the top results into images/<datasetName>/<label>/",
+                ("datasetName", "rootDir", "bing_endpoint", "scrape_items", "scrape_attributes", "scrape_queriesFile",
+                 "scrape_imagesPerQuery", "scrape_countPerPage", "scrape_safeSearch", "scrape_mkt",
+                 "scrape_imageType", "scrape_license", "scrape_useThumbnails", "scrape_allowPrivateHosts",
+                 "scrape_timeoutSeconds", "scrape_maxBytes", "scrape_minSecondsBetweenCalls", "scrape_maxRetries",
+                 "download_maxImageSide"))
 
 #: The environment variable holding the search API key.
 KEY_ENVIRONMENT_VARIABLE = "BING_SEARCH_V7_SUBSCRIPTION_KEY"
 #: Columns of the manifest, ``images/<dataset>/scrapeManifest.tsv``.
 MANIFEST_COLUMNS = ("label", "query", "url", "file", "sha256", "status")
-MANIFEST_NAME = "scrapeManifest.tsv"
 
 STATUS_OK = "ok"                      # contentUrl downloaded
 STATUS_OK_THUMBNAIL = "ok_thumbnail"  # contentUrl failed, Bing's thumbnail saved instead
 #: Failures that a re-run would meet again: the URL is "known bad" and skipped.
-#: Others (timeout, connection_error, http_429, http_5xx, ...) are retried by a re-run.
-PERMANENT_FAILURES = frozenset({"bad_url", "private_host", "not_image", "undecodable", "too_large",
-                                "empty", "too_many_redirects"})
-
-#: A ``Retry-After`` longer than this is cut to it.
-MAX_RETRY_AFTER_SECONDS = 120.0
-#: Backoff without ``Retry-After``: 1, 2, 4, ... seconds, at most this.
-MAX_BACKOFF_SECONDS = 60.0
-MAX_REDIRECTS = 5
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_CHUNK_BYTES = 64 * 1024
-_GENERIC_CONTENT_TYPES = ("", "application/octet-stream", "binary/octet-stream")
+#: Others (timeout, connection_error, dns_error, http_429, http_5xx, ...) are retried by a re-run.
+PERMANENT_FAILURES = frozenset({http.BAD_URL, http.PRIVATE_HOST, http.TOO_LARGE, http.TOO_MANY_REDIRECTS,
+                                "not_image", "undecodable", "empty"})
 
 
 class ScrapeError(ImgClassError):
     """The search cannot run: no key, key rejected, bad queries, endpoint not answering the protocol."""
-
-
-class _Failed(Exception):
-    """Internal: one request or download failed; ``reason`` is a short code, ``detail`` for the log."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def redact(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
-    return text.replace(secret, "***") if secret else text
 
 
 def subscription_key(environ: Mapping[str, str] | None = None) -> str:
@@ -161,197 +144,11 @@ def queries_from_parameters(params: Parameters) -> list[Query]:
     return queries
 
 
-# --------------------------------------------------------------------------- HTTP
-def host_problem(url: str, allow_private_hosts: bool = False) -> str | None:
-    """Why ``url`` must not be fetched (``'bad_url'``, ``'private_host'``, ``'dns_error'``), or None.
-
-    Every address the host resolves to must be a public (global) one unless
-    ``allow_private_hosts``: a search result must not make us fetch from the
-    user's own network (router pages, cloud metadata at 169.254.169.254, ...).
-    The check runs before each hop; a host that changes its DNS answer between
-    the check and the connection (DNS rebinding) is not covered.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError:
-        return "bad_url"
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return "bad_url"
-    if allow_private_hosts:
-        return None
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError, ValueError):
-        return "dns_error"
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            return "private_host"
-    return None
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
-
-
-class RateLimiter:
-    """At least ``min_interval`` seconds between two calls of :meth:`wait` for the same host."""
-
-    def __init__(self, min_interval: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.min_interval = min_interval
-        self.clock = clock
-        self.sleep = sleep
-        self._last: dict[str, float] = {}
-
-    def wait(self, host: str) -> None:
-        last = self._last.get(host)
-        if last is not None:
-            remaining = self.min_interval - (self.clock() - last)
-            if remaining > 0:
-                self.sleep(remaining)
-        self._last[host] = self.clock()
-
-
-@dataclass(frozen=True)
-class HttpPolicy:
-    """How :class:`HttpClient` behaves; see the ``scrape_*`` parameters."""
-
-    timeout: float = 20.0
-    max_retries: int = 4
-    min_seconds_between_calls: float = 0.5
-    allow_private_hosts: bool = False
-    max_bytes: int = 20_000_000
-
-    @classmethod
-    def from_parameters(cls, params: Parameters) -> "HttpPolicy":
-        return cls(timeout=params.scrape_timeoutSeconds, max_retries=params.scrape_maxRetries,
-                   min_seconds_between_calls=params.scrape_minSecondsBetweenCalls,
-                   allow_private_hosts=params.scrape_allowPrivateHosts, max_bytes=params.scrape_maxBytes)
-
-
-@dataclass
-class Body:
-    """A response read in full: status, headers and content (at most ``max_bytes``)."""
-
-    status: int
-    headers: Mapping[str, str]
-    content: bytes
-    url: str
-
-
-class HttpClient:
-    """GET requests with the guard, the rate limit, retries, redirects and the size cap.
-
-    ``sleep`` and ``clock`` are injectable so tests need not wait.
-    """
-
-    def __init__(self, policy: HttpPolicy, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 secret: str | None = None) -> None:
-        self.policy = policy
-        self.session = session or requests.Session()
-        self.session.headers.setdefault("User-Agent", USER_AGENT)
-        self.sleep = sleep
-        self.clock = clock
-        self.secret = secret
-        self.limiter = RateLimiter(policy.min_seconds_between_calls, clock, sleep)
-
-    def get(self, url: str, params: Mapping[str, object] | None = None,
-            headers: Mapping[str, str] | None = None, guard: bool = True,
-            follow_redirects: bool = True, retry_network_errors: bool = False) -> Body:
-        """GET ``url`` and read the body; raise :class:`_Failed` with a reason code.
-
-        Parameters
-        ----------
-        guard:
-            Refuse private, loopback and link-local hosts (unless the policy
-            allows them) at every hop. Off only for the user's own endpoint.
-        follow_redirects:
-            Follow up to :data:`MAX_REDIRECTS` redirects, each checked like the
-            first URL. Off for the search API, whose key must not travel on.
-        retry_network_errors:
-            Also retry timeouts and connection errors (for the search API; an
-            image host that does not answer is not worth minutes of retries).
-        """
-        for _ in range(MAX_REDIRECTS + 1):
-            body = self._get_one(url, params, headers, guard, retry_network_errors)
-            location = body.headers.get("Location")
-            if not (300 <= body.status < 400 and location and follow_redirects):
-                return body
-            url, params = urllib.parse.urljoin(url, location), None
-        raise _Failed("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
-
-    def _get_one(self, url: str, params: Mapping[str, object] | None,
-                 headers: Mapping[str, str] | None, guard: bool, retry_network_errors: bool) -> Body:
-        problem = host_problem(url, self.policy.allow_private_hosts or not guard)
-        if problem:
-            raise _Failed(problem, url)
-        host = urllib.parse.urlsplit(url).netloc.lower()
-        for attempt in range(self.policy.max_retries + 1):
-            self.limiter.wait(host)
-            try:
-                body = self._read(url, params, headers)
-            except _Failed as failure:
-                transient = failure.reason in ("timeout", "connection_error")
-                if not (transient and retry_network_errors) or attempt == self.policy.max_retries:
-                    raise
-                delay = min(MAX_BACKOFF_SECONDS, 2.0 ** attempt)
-                log.debug("%s: %s, retrying in %.0f s", redact(url, self.secret), failure.reason, delay)
-                self.sleep(delay)
-                continue
-            if body.status not in _RETRY_STATUSES or attempt == self.policy.max_retries:
-                return body
-            retry_after = parse_retry_after(body.headers.get("Retry-After"))
-            delay = min(MAX_RETRY_AFTER_SECONDS, retry_after) if retry_after is not None \
-                else min(MAX_BACKOFF_SECONDS, 2.0 ** attempt)
-            log.info("%s answered HTTP %d; retrying in %.1f s", host, body.status, delay)
-            self.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _read(self, url: str, params: Mapping[str, object] | None, headers: Mapping[str, str] | None) -> Body:
-        timeout = self.policy.timeout
-        started = self.clock()
-        try:
-            with self.session.get(url, params=params, headers=headers, timeout=timeout, stream=True,
-                                  allow_redirects=False) as response:
-                declared = response.headers.get("Content-Length", "")
-                limit = self.policy.max_bytes
-                if response.status_code < 300 and declared.isdigit() and int(declared) > limit:
-                    raise _Failed("too_large", f"{declared} bytes")
-                content = bytearray()
-                if response.status_code < 300 or response.status_code >= 400:
-                    for chunk in response.iter_content(_CHUNK_BYTES):
-                        content += chunk
-                        if len(content) > limit:
-                            raise _Failed("too_large", f"more than {limit} bytes")
-                        if self.clock() - started > timeout:
-                            raise _Failed("timeout", f"not complete after {timeout:g} s")
-                return Body(response.status_code, response.headers, bytes(content), url)
-        except requests.exceptions.Timeout as exc:
-            raise _Failed("timeout", redact(str(exc), self.secret)) from None
-        except requests.exceptions.ConnectionError as exc:
-            timed_out = "timed out" in str(exc).lower()
-            reason = "timeout" if timed_out else "connection_error"
-            raise _Failed(reason, redact(str(exc), self.secret)) from None
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema) as exc:
-            raise _Failed("bad_url", redact(str(exc), self.secret)) from None
-        except requests.exceptions.RequestException as exc:
-            raise _Failed("connection_error", redact(str(exc), self.secret)) from None
+def http_policy(params: Parameters) -> HttpPolicy:
+    """The image search's HTTP rules, from the ``scrape_*`` parameters."""
+    return HttpPolicy(timeout=params.scrape_timeoutSeconds, max_retries=params.scrape_maxRetries,
+                      min_seconds_between_calls=params.scrape_minSecondsBetweenCalls,
+                      allow_private_hosts=params.scrape_allowPrivateHosts, max_bytes=params.scrape_maxBytes)
 
 
 # --------------------------------------------------------------------------- search
@@ -393,8 +190,8 @@ class BingImageSearch:
         if 300 <= body.status < 400:
             raise ScrapeError(f"the search endpoint {self.endpoint} redirects (HTTP {body.status}) to "
                               f"{body.headers.get('Location')!r}: set bing_endpoint to the final address")
-        if body.status in _RETRY_STATUSES:
-            raise _Failed(f"http_{body.status}", text)
+        if body.status in http.RETRY_STATUSES:
+            raise FetchFailed(f"http_{body.status}", text)
         if body.status >= 400:
             raise ScrapeError(f"the search endpoint {self.endpoint} answered HTTP {body.status} to query "
                               f"{query!r}: {text}")
@@ -427,11 +224,6 @@ class BingImageSearch:
 
 
 # --------------------------------------------------------------------------- manifest
-def manifest_path(layout: DatasetLayout) -> Path:
-    """``images/<dataset>/scrapeManifest.tsv``: one line per URL tried (:data:`MANIFEST_COLUMNS`)."""
-    return layout.images_dir / MANIFEST_NAME
-
-
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """The manifest's rows as dicts (no file = no rows; a line cut by a crash is skipped)."""
     path = Path(path)
@@ -504,6 +296,8 @@ class ScrapeReport:
     images_dir: Path
     manifest: Path
     queries: list[QuerySummary] = field(default_factory=list)
+    #: manifest lines ignored because their file lies outside the dataset folder (or is no image)
+    untrusted_rows: int = 0
 
     @property
     def search_errors(self) -> int:
@@ -522,6 +316,9 @@ class ScrapeReport:
                      + (f" ({', '.join(f'{r}: {n}' for r, n in sorted(total.items()))})" if total else "")
                      + (f"; {self.search_errors} searches failed (re-run to retry them)"
                         if self.search_errors else ""))
+        if self.untrusted_rows:
+            lines.append(f"ignored {self.untrusted_rows} line(s) of the manifest naming a file outside "
+                         f"{self.images_dir} or no image")
         lines.append(f"images in {self.images_dir}; manifest {self.manifest}")
         return "\n".join(lines)
 
@@ -542,44 +339,48 @@ def is_known_bad(status: str) -> bool:
 
 
 class Scraper:
-    """Downloads search results into ``images_dir/<label>/`` and keeps the manifest."""
+    """Downloads search results into ``images/<dataset>/<label>/`` and keeps the manifest.
 
-    def __init__(self, images_dir: Path, client: HttpClient, max_side: int = 1000,
+    The manifest is read back to resume; a row whose ``file`` is not an image
+    path inside the dataset folder (``../``, an absolute path, a symbolic link
+    leading out: a manifest travels with the images and may have been edited)
+    is ignored, counted in :attr:`untrusted_rows` and logged.
+    """
+
+    def __init__(self, layout: DatasetLayout, client: HttpClient, max_side: int = 1000,
                  use_thumbnails: bool = False) -> None:
-        self.images_dir = images_dir
+        self.images_dir = layout.images_dir
+        self.manifest = layout.scrape_manifest_tsv
         self.client = client
         self.max_side = max_side
         self.use_thumbnails = use_thumbnails
-        self.manifest = images_dir / MANIFEST_NAME
+        self.untrusted_rows = 0
         self._good: dict[tuple[str, str], str] = {}  # (label, url) -> file
         self._good_by_url: dict[str, str] = {}
         self._bad: dict[str, str] = {}  # url -> status
         for row in read_manifest(self.manifest):
             if row["status"] in (STATUS_OK, STATUS_OK_THUMBNAIL):
+                problem = self._file_problem(row["file"])
+                if problem:
+                    self.untrusted_rows += 1
+                    log.warning("%s: ignoring the line of %s: %s", self.manifest, row["url"], problem)
+                    continue
                 self._good[row["label"], row["url"]] = row["file"]
                 self._good_by_url[row["url"]] = row["file"]
                 self._bad.pop(row["url"], None)
             elif is_known_bad(row["status"]):
                 self._bad[row["url"]] = row["status"]
 
-    def fetch_image(self, url: str) -> bytes:
-        """Download ``url`` and return the body of an image response; :class:`_Failed` otherwise."""
-        body = self.client.get(url)
-        if body.status >= 300:
-            raise _Failed(f"http_{body.status}")
-        content_type = body.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if not content_type.startswith("image/") and content_type not in _GENERIC_CONTENT_TYPES:
-            raise _Failed("not_image", content_type)
-        if not body.content:
-            raise _Failed("empty")
-        return body.content
-
-    def _save(self, data: bytes, url: str, target: Path) -> None:
+    def _file_problem(self, file: str) -> str | None:
         try:
-            image = decode_image_bytes(data, source=url, draft_size=(self.max_side, self.max_side))
-        except UnreadableImageError as exc:
-            raise _Failed("undecodable", str(exc)) from None
-        save_jpeg(shrink_to_max_side(image, self.max_side), target)
+            path = confined(self.images_dir, file)
+        except UnsafePathError as exc:
+            return str(exc)
+        return None if is_image_file(path) else f"{file!r} is not an image file name"
+
+    def _download(self, url: str, target: Path) -> None:
+        """Fetch ``url`` as an image and save it as ``target`` (:class:`FetchFailed` if that fails)."""
+        save_jpeg(fetch_image(self.client, url, self.max_side), target)
 
     def _record_ok(self, writer: ManifestWriter, query: Query, url: str, target: Path, status: str) -> None:
         rel = target.relative_to(self.images_dir).as_posix()
@@ -610,17 +411,17 @@ class Scraper:
             summary.downloaded += 1
             return
         try:
-            self._save(self.fetch_image(url), url, target)
+            self._download(url, target)
             status = STATUS_OK
-        except _Failed as failure:
+        except FetchFailed as failure:
             log.debug("%s: %s %s", url, failure.reason, failure.detail)
             if not (self.use_thumbnails and result.thumbnail_url):
                 self._record_failure(writer, query, url, failure.reason, summary)
                 return
             try:
-                self._save(self.fetch_image(result.thumbnail_url), result.thumbnail_url, target)
+                self._download(result.thumbnail_url, target)
                 status = STATUS_OK_THUMBNAIL
-            except _Failed as thumbnail_failure:
+            except FetchFailed as thumbnail_failure:
                 log.debug("thumbnail %s: %s", result.thumbnail_url, thumbnail_failure.reason)
                 self._record_failure(writer, query, url, failure.reason, summary)
                 return
@@ -636,8 +437,7 @@ class Scraper:
 
 
 def scrape(params: Parameters, key: str | None = None, queries: Iterable[Query] | None = None,
-           session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-           clock: Callable[[], float] = time.monotonic) -> ScrapeReport:
+           client: HttpClient | None = None) -> ScrapeReport:
     """Search every query and download its top ``scrape_imagesPerQuery`` results.
 
     Parameters
@@ -649,8 +449,9 @@ def scrape(params: Parameters, key: str | None = None, queries: Iterable[Query] 
         The API key; default ``$BING_SEARCH_V7_SUBSCRIPTION_KEY``.
     queries:
         Default :func:`queries_from_parameters`.
-    session, sleep, clock:
-        Injectable for tests (a ``requests.Session``, ``time.sleep``, ``time.monotonic``).
+    client:
+        Default a client with :func:`http_policy` that removes ``key`` from its
+        messages (one of your own, e.g. with another ``sleep``, should too).
 
     Returns
     -------
@@ -667,11 +468,10 @@ def scrape(params: Parameters, key: str | None = None, queries: Iterable[Query] 
     key = key or subscription_key()
     queries = list(queries) if queries is not None else queries_from_parameters(params)
     layout = DatasetLayout.from_parameters(params)
-    client = HttpClient(HttpPolicy.from_parameters(params), session=session, sleep=sleep, clock=clock,
-                        secret=key)
+    client = client or HttpClient(http_policy(params), secret=key)
     search = BingImageSearch.from_parameters(params, key, client)
-    scraper = Scraper(layout.images_dir, client, params.download_maxImageSide, params.scrape_useThumbnails)
-    report = ScrapeReport(layout.images_dir, scraper.manifest)
+    scraper = Scraper(layout, client, params.download_maxImageSide, params.scrape_useThumbnails)
+    report = ScrapeReport(layout.images_dir, scraper.manifest, untrusted_rows=scraper.untrusted_rows)
     writer = ManifestWriter(scraper.manifest)
     try:
         for number, query in enumerate(queries, start=1):
@@ -680,7 +480,7 @@ def scrape(params: Parameters, key: str | None = None, queries: Iterable[Query] 
             log.info("[%d/%d] searching %r", number, len(queries), query.query)
             try:
                 results = search.search(query.query, params.scrape_imagesPerQuery)
-            except _Failed as failure:
+            except FetchFailed as failure:
                 summary.search_error = failure.reason
                 log.info("  %s", summary.line())
                 continue
