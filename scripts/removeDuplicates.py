@@ -5,11 +5,13 @@ two images whose hashes differ in at most dedup_maxDistance bits are
 near-duplicates, within a class and across classes. Each group keeps one image
 (the largest, then the first in sorted order); the others are MOVED to
 images/<datasetName>_duplicates/ under the same relative path, and a CSV report
-(kept, moved, distance) is written there first. Nothing is ever deleted.
+(kept, moved, distance) is written there first. Every move is checked before
+the first one is made; nothing is ever overwritten or deleted.
 
 Script options (besides the --key=value parameters):
   --dry-run          move nothing; write the report to proc/<datasetName>/duplicatesDryRun.csv
-  --undo=REPORT.csv  move the files listed in a report back where they were
+  --undo=REPORT.csv  move the files listed in a report back where they were (refused, moving
+                     nothing, if a path in it leads outside images/<datasetName>[_duplicates]/)
 """
 
 from __future__ import annotations
@@ -17,17 +19,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgclass.cli import run_main
-from imgclass.data.dedup import remove_duplicates_for, undo_moves
+from imgclass.cli import parse_step, run_main
+from imgclass.data.dedup import STEP, remove_duplicates_for, undo_moves
 from imgclass.errors import ParameterError
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import parse_command_line
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-
-USED = ["datasetName", "rootDir", "dedup_hashSize", "dedup_maxDistance", "dedup_crossClass"]
-
 
 def split_script_options(argv: list[str]) -> tuple[bool, str, list[str]]:
     """``(dry_run, undo_report, remaining arguments)``: this script's own flags taken out of ``argv``."""
@@ -46,10 +44,10 @@ def split_script_options(argv: list[str]) -> tuple[bool, str, list[str]]:
 
 def main(argv: list[str]) -> int:
     dry_run, undo_report, rest = split_script_options(argv)
-    params = parse_command_line(rest, used=USED, description=__doc__, project_dir=PROJECT_DIR)
+    params = parse_step(rest, STEP, __doc__, PROJECT_DIR)
     layout = DatasetLayout.from_parameters(params)
     if undo_report:
-        result = undo_moves(undo_report, layout.images_dir, layout.duplicates_dir)
+        result = undo_moves(undo_report, layout)
         print(result.summary())
         return 1 if result.problems else 0
     print(f"looking for near-duplicates in {layout.images_dir} (dhash {params.dedup_hashSize}, "
@@ -58,7 +56,7 @@ def main(argv: list[str]) -> int:
     print(result.summary())
     if dry_run and result.moved:
         print("nothing was moved; run again without --dry-run to move them")
-    return 0
+    return 0 if result.moves is None or result.moves.complete else 1
 
 
 if __name__ == "__main__":

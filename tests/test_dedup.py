@@ -28,6 +28,8 @@ from imgclass.data.dedup import (
     undo_moves,
 )
 from conftest import PROJECT_DIR
+import imgclass.io.moves
+from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE
 
 
@@ -71,6 +73,11 @@ def images_dir(tmp_path: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root
+
+
+@pytest.fixture
+def layout(images_dir: Path) -> DatasetLayout:
+    return DatasetLayout(images_dir.parent.parent, images_dir.name)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -154,19 +161,18 @@ def test_groups_keep_the_largest_then_first_path(images_dir):
     assert dict((im.path, d) for im, d in by_kept["striped/a.jpg"].duplicates)["striped/a_copy.jpg"] == 0
 
 
-def test_identical_hashes_only_at_distance_zero(images_dir):
-    result = remove_duplicates(images_dir, images_dir.parent / "ds_duplicates", max_distance=0, dry_run=True,
-                               report_path=images_dir.parent.parent / "dry.csv")
+def test_identical_hashes_only_at_distance_zero(layout):
+    result = remove_duplicates(layout, max_distance=0, dry_run=True)
     moved = {g.kept.path: [im.path for im, d in g.duplicates if d == 0] for g in result.groups}
     assert moved["striped/a.jpg"][0] == "striped/a_copy.jpg"
     assert all(d == 0 for g in result.groups for _, d in g.duplicates)
 
 
-def test_dry_run_changes_nothing(images_dir, tmp_path):
+def test_dry_run_changes_nothing(images_dir, layout, tmp_path):
     before = snapshot(tmp_path / "data" / "images")
     report = tmp_path / "data" / "proc" / "ds" / "duplicatesDryRun.csv"
-    result = remove_duplicates(images_dir, images_dir.parent / "ds_duplicates", dry_run=True,
-                               report_path=report)
+    result = remove_duplicates(layout, dry_run=True)
+    assert result.report_path == report
     assert snapshot(tmp_path / "data" / "images") == before
     assert not (images_dir.parent / "ds_duplicates").exists()
     assert result.moved == 5 and result.dry_run
@@ -175,11 +181,11 @@ def test_dry_run_changes_nothing(images_dir, tmp_path):
     assert "would move 5 files" in result.summary()
 
 
-def test_moves_duplicates_aside_and_undo_restores_every_file(images_dir, tmp_path):
+def test_moves_duplicates_aside_and_undo_restores_every_file(images_dir, layout, tmp_path):
     images_root = tmp_path / "data" / "images"
     before = snapshot(images_root)
     duplicates = images_root / "ds_duplicates"
-    result = remove_duplicates(images_dir, duplicates)
+    result = remove_duplicates(layout)
     assert result.moved == 5
 
     # moved, under the same relative path; nothing deleted, nothing changed
@@ -199,19 +205,19 @@ def test_moves_duplicates_aside_and_undo_restores_every_file(images_dir, tmp_pat
     assert roles["leopard/sub/g_small.jpg"][:2] == ("moved", "leopard/sub/g.jpg")
     assert "across classes dotted/striped" in result.summary()
 
-    undone = undo_moves(result.report_path, images_dir, duplicates)
+    undone = undo_moves(result.report_path, layout)
     assert (undone.restored, undone.problems) == (5, [])
     after = {k: v for k, v in snapshot(images_root).items() if not k.startswith("ds_duplicates/")}
     assert after == before
-    again = undo_moves(result.report_path, images_dir, duplicates)  # harmless
+    again = undo_moves(result.report_path, layout)  # harmless
     assert (again.restored, again.already_back, again.problems) == (0, 5, [])
 
 
-def test_undo_never_overwrites(images_dir, tmp_path):
+def test_undo_never_overwrites(images_dir, layout, tmp_path):
     duplicates = tmp_path / "data" / "images" / "ds_duplicates"
-    result = remove_duplicates(images_dir, duplicates)
+    result = remove_duplicates(layout)
     (images_dir / "striped/a_q50.jpg").write_bytes(b"a new file the user put there")
-    undone = undo_moves(result.report_path, images_dir, duplicates)
+    undone = undo_moves(result.report_path, layout)
     assert undone.restored == 4 and len(undone.problems) == 1
     assert (images_dir / "striped/a_q50.jpg").read_bytes() == b"a new file the user put there"
     assert (duplicates / "striped/a_q50.jpg").exists()
@@ -221,9 +227,9 @@ def test_undo_never_overwrites(images_dir, tmp_path):
     ("moveAll", COPIES_OF_A | {"striped/a.jpg", "leopard/sub/g_small.jpg"}),
     ("report", {"leopard/sub/g_small.jpg"}),
 ])
-def test_cross_class_actions(images_dir, tmp_path, action, moved):
+def test_cross_class_actions(layout, tmp_path, action, moved):
     duplicates = tmp_path / "data" / "images" / "ds_duplicates"
-    result = remove_duplicates(images_dir, duplicates, cross_class_action=action)
+    result = remove_duplicates(layout, cross_class_action=action)
     rows = read_report(result.report_path)
     assert {r["path"] for r in rows if r["role"] == "moved"} == moved
     assert {p.relative_to(duplicates).as_posix() for p in duplicates.rglob("*.jp*g")} == moved
@@ -273,11 +279,91 @@ def test_find_straddling_duplicates_uses_and_refreshes_the_cache(images_dir, tmp
 
 
 def test_no_duplicates_no_report(tmp_path):
-    folder = tmp_path / "images" / "ds"
+    folder = DatasetLayout(tmp_path, "ds").images_dir
     for seed, name in enumerate(["a/1.jpg", "a/2.jpg", "b/3.jpg"]):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(jpeg(natural_photo(seed)))
-    result = remove_duplicates(folder, tmp_path / "images" / "ds_duplicates")
+    result = remove_duplicates(DatasetLayout(tmp_path, "ds"))
     assert (result.groups, result.moved, result.report_path) == ([], 0, None)
     assert not (tmp_path / "images" / "ds_duplicates").exists()
     assert "moved 0 files" in result.summary()
+
+
+# --------------------------------------------------------------------------- plan before move, travelling report
+def test_a_move_failing_half_way_moves_the_others_back_and_says_so(images_dir, layout, tmp_path, monkeypatch):
+    before = snapshot(tmp_path / "data" / "images")
+    real_move = imgclass.io.moves.move_file
+    calls = []
+
+    def third_move_fails(source, target):
+        calls.append(source)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_move(source, target)
+
+    monkeypatch.setattr(imgclass.io.moves, "move_file", third_move_fails)
+    result = remove_duplicates(layout)
+    monkeypatch.undo()
+    after = {path: digest for path, digest in snapshot(tmp_path / "data" / "images").items()
+             if not path.startswith("ds_duplicates/duplicatesReport_")}
+    assert after == before  # nothing lost, everything back (the report says what was planned)
+    moves = result.moves
+    assert (result.moved, len(moves.failed), len(moves.not_attempted), len(moves.rolled_back)) == (0, 1, 2, 2)
+    text = result.summary()
+    assert "No space left on device" in text and text.count("moved back (rollback)") == 2
+    assert "not attempted" in text
+
+
+def test_a_planned_move_that_cannot_be_made_stops_the_run_before_any_move(images_dir, layout, tmp_path):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes((images_dir / "striped/a_copy.jpg").read_bytes())
+    (images_dir / "striped/a_copy.jpg").unlink()
+    (images_dir / "striped/a_copy.jpg").symlink_to(outside)  # a copy that is a link out of the dataset
+    before = snapshot(tmp_path / "data" / "images")
+    with pytest.raises(dedup.DedupError, match="(?s)nothing was moved.*a_copy.jpg: outside the allowed folders"):
+        remove_duplicates(layout)
+    assert snapshot(tmp_path / "data" / "images") == before
+    assert not layout.duplicates_dir.exists()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("path", "../../outside.jpg"), ("path", "/tmp/outside.jpg"), ("moved_to", "../ds/striped/b.jpg"),
+    ("moved_to", "C:/Windows/x.jpg"), ("path", "striped\\..\\..\\x.jpg"), ("moved_to", "link/b.jpg"),
+])
+def test_an_undo_report_leading_outside_moves_nothing(images_dir, layout, tmp_path, field, value):
+    result = remove_duplicates(layout)
+    (layout.duplicates_dir / "link").symlink_to(images_dir / "striped")  # a folder link leading out
+    rows = read_report(result.report_path)
+    crafted = tmp_path / "crafted.csv"
+    moved_rows = [r for r in rows if r["role"] == "moved"]
+    moved_rows[-1][field] = value
+    with open(crafted, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    before = snapshot(tmp_path / "data" / "images")
+    with pytest.raises(dedup.DedupError, match="nothing was moved"):
+        undo_moves(crafted, layout)
+    assert snapshot(tmp_path / "data" / "images") == before
+    assert undo_moves(result.report_path, layout).restored == 5  # the genuine report still works
+
+
+def test_an_undo_failing_half_way_lists_what_was_not_restored(images_dir, layout, monkeypatch):
+    result = remove_duplicates(layout)
+    real_move = imgclass.io.moves.move_file
+    calls = []
+
+    def second_move_fails(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real_move(source, target)
+
+    monkeypatch.setattr(imgclass.io.moves, "move_file", second_move_fails)
+    undone = undo_moves(result.report_path, layout)
+    assert undone.restored == 1 and len(undone.problems) == 4
+    assert sum("not attempted" in p for p in undone.problems) == 3
+    assert "Input/output error" in undone.summary()
+    monkeypatch.undo()
+    again = undo_moves(result.report_path, layout)  # once the disk is fine again, the rest comes back
+    assert (again.restored, again.already_back, again.problems) == (4, 1, [])

@@ -17,9 +17,13 @@ images sharing a chunk are compared.
 :func:`remove_duplicates` keeps one image per group (the largest, then the
 first path in sorted order) and MOVES the others to
 ``images/<dataset>_duplicates/`` under the same relative path, writing a CSV
-report first; :func:`undo_moves` puts them back from that report. Nothing is
-ever deleted. :func:`find_straddling_duplicates` is for the split step: the
-near-duplicate pairs that would sit in both the training and the test set.
+report first; :func:`undo_moves` puts them back from that report. Both go
+through :mod:`imgclass.io.moves`: the whole plan is checked before the first
+move, nothing is overwritten or deleted, and the result says exactly what
+moved. The report travels with the dataset, so every path read back from it
+must stay inside the dataset folder or its ``_duplicates`` sibling.
+:func:`find_straddling_duplicates` is for the split step: the near-duplicate
+pairs that would sit in both the training and the test set.
 """
 
 from __future__ import annotations
@@ -27,22 +31,27 @@ from __future__ import annotations
 import csv
 import datetime
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-import imagehash
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imgclass.io.atomic import atomic_path, unused_path
 from imgclass.errors import DatasetError, ImgClassError
+from imgclass.io.atomic import unused_path, write_csv
 from imgclass.io.images import UnreadableImageError, list_image_files, load_rgb
+from imgclass.io.moves import Move, MoveReport, UnsafePathError, confined, execute, plan_moves
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE, Parameters
+from imgclass.parameters import DEFAULT_DEDUP_MAX_DISTANCE, Parameters, StepSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+STEP = StepSpec("dedup", "scripts/removeDuplicates.py",
+                "move near-duplicate images aside to images/<datasetName>_duplicates/ (or undo that)",
+                ("datasetName", "rootDir", "dedup_hashSize", "dedup_maxDistance", "dedup_crossClass"))
 
 #: Columns of the report written by :func:`remove_duplicates` (one row per image of a group).
 REPORT_COLUMNS = ("group", "role", "path", "label", "kept", "distance", "cross_class",
@@ -62,6 +71,9 @@ class DedupError(ImgClassError):
 # --------------------------------------------------------------------------- hashing
 def dhash_image(image: Image.Image, hash_size: int = 16) -> int:
     """The difference hash of ``image`` as a ``hash_size**2``-bit integer (``imagehash.dhash``)."""
+    import imagehash
+    import numpy as np
+
     bits = imagehash.dhash(image, hash_size=hash_size).hash.flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big") >> (-bits.size % 8)
 
@@ -124,12 +136,7 @@ def _read_cache(cache_path: Path | None) -> dict[str, tuple[int, int, int, int, 
 
 
 def _write_cache(cache_path: Path, cache: Mapping[str, tuple[int, int, int, int, int]]) -> None:
-    with atomic_path(cache_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CACHE_COLUMNS)
-        for path in sorted(cache):
-            size, mtime, width, height, value = cache[path]
-            writer.writerow([path, size, mtime, width, height, f"{value:x}"])
+    write_csv(cache_path, CACHE_COLUMNS, ([path, *cache[path][:4], f"{cache[path][4]:x}"] for path in sorted(cache)))
 
 
 def hash_images(images_dir: str | os.PathLike[str], paths: Iterable[str], hash_size: int = 16,
@@ -195,6 +202,8 @@ _LARGE_BUCKET = 64
 
 def _as_words(hashes: Sequence[int], n_bits: int) -> np.ndarray:
     """Hashes as an ``(n, ceil(n_bits / 64))`` uint64 array, for vectorised Hamming distances."""
+    import numpy as np
+
     n_words = max(1, -(-n_bits // 64))
     data = b"".join(value.to_bytes(8 * n_words, "little") for value in hashes)
     return np.frombuffer(data, dtype="<u8").reshape(len(hashes), n_words)
@@ -202,6 +211,8 @@ def _as_words(hashes: Sequence[int], n_bits: int) -> np.ndarray:
 
 def _popcount_rows(words: np.ndarray) -> np.ndarray:
     """Set bits per row of a uint64 array (``np.bitwise_count`` needs numpy >= 2)."""
+    import numpy as np
+
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
     return np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=1).sum(axis=1, dtype=np.int64)
@@ -209,6 +220,8 @@ def _popcount_rows(words: np.ndarray) -> np.ndarray:
 
 def _compare_large_bucket(members: list[int], words: np.ndarray, max_distance: int,
                           found: dict[tuple[int, int], int]) -> None:
+    import numpy as np
+
     index = np.asarray(members)
     block = words[index]
     for a in range(len(index) - 1):
@@ -235,7 +248,7 @@ def near_duplicate_pairs(hashes: Sequence[int], max_distance: int,
         return [(i, j, hamming(hashes[i], hashes[j])) for i in range(len(hashes))
                 for j in range(i + 1, len(hashes))]
     masks = _chunk_masks(n_bits, max_distance + 1)
-    words: np.ndarray | None = None
+    words: "np.ndarray | None" = None
     large_done: list[set[int]] = []  # members of the large buckets compared so far
     found: dict[tuple[int, int], int] = {}
     for k, mask in enumerate(masks):
@@ -324,6 +337,8 @@ class DedupResult:
     report_path: Path | None  # None when no near-duplicates were found
     dry_run: bool
     cross_class_action: str
+    #: the moves made (None in a dry run or when nothing was to move): what moved, failed, was moved back
+    moves: MoveReport | None = None
 
     @property
     def cross_class_groups(self) -> list[DuplicateGroup]:
@@ -347,6 +362,9 @@ class DedupResult:
         verb = "would move" if self.dry_run else "moved"
         report = f"; report: {self.report_path}" if self.report_path else ""
         lines.append(f"{verb} {self.moved} files{report}")
+        if self.moves is not None and not self.moves.complete:
+            lines.append("a move failed; every file moved by this run was moved back where possible:")
+            lines += [f"  {problem}" for problem in self.moves.problems()]
         if not self.dry_run and self.moved:
             lines.append(f"undo with: python scripts/removeDuplicates.py --undo={self.report_path}")
         return "\n".join(lines)
@@ -383,96 +401,84 @@ def _report_rows(groups: Sequence[DuplicateGroup], cross_class_action: str,
     return rows
 
 
-def _write_report(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def remove_duplicates(images_dir: str | os.PathLike[str], duplicates_dir: str | os.PathLike[str],
-                      hash_size: int = 16, max_distance: int = DEFAULT_DEDUP_MAX_DISTANCE,
+def remove_duplicates(layout: DatasetLayout, hash_size: int = 16, max_distance: int = DEFAULT_DEDUP_MAX_DISTANCE,
                       cross_class_action: str = "keepOne", dry_run: bool = False,
-                      report_path: str | os.PathLike[str] | None = None,
-                      cache_path: str | os.PathLike[str] | None = None,
                       progress: bool = False) -> DedupResult:
-    """Find near-duplicates in ``images_dir`` and move all but one of each group to ``duplicates_dir``.
+    """Find near-duplicates in the dataset's image folder and move all but one of each group aside.
 
     Parameters
     ----------
-    images_dir:
-        ``images/<dataset>/`` with one folder per class.
-    duplicates_dir:
-        Where the moved files go, under their relative path (and the report).
+    layout:
+        The dataset: its ``images_dir`` (one folder per class), ``duplicates_dir``
+        (where moved files go, under their relative path, with the reports)
+        and the hash cache ``dhash_cache_csv(hash_size)`` (see :func:`hash_images`).
     hash_size, max_distance:
         dhash size and the largest Hamming distance of near-duplicates.
     cross_class_action:
         For groups spanning classes: ``'keepOne'`` (like any group), ``'moveAll'``
         (move every copy: the label is ambiguous) or ``'report'`` (move none).
     dry_run:
-        Move nothing; the report says what would move.
-    report_path:
-        The CSV report (:data:`REPORT_COLUMNS`); default
-        ``duplicates_dir/duplicatesReport_<time>.csv``. It is written before
-        anything moves, so an interrupted run can still be undone from it; when
-        there are no near-duplicates none is written.
-    cache_path:
-        Optional hash cache (see :func:`hash_images`).
+        Move nothing; the report (``duplicates_dry_run_csv``) says what would move.
+    progress:
+        Show a tqdm progress bar while hashing.
 
     Returns
     -------
     DedupResult
+        With the report's path: ``duplicates_report_csv(<time>)`` (columns
+        :data:`REPORT_COLUMNS`), written before anything moves so that an
+        interrupted run can still be undone; none when nothing was found.
+
+    Raises
+    ------
+    DedupError
+        If a planned move cannot be made (a copy that is a symbolic link or
+        no longer there, a target taken in the meantime): nothing moves. If a
+        move fails half-way, the files already moved are moved back and the
+        result's ``moves`` says what happened to each.
     """
-    images_dir, duplicates_dir = Path(images_dir), Path(duplicates_dir)
+    images_dir, duplicates_dir = layout.images_dir, layout.duplicates_dir
     if cross_class_action not in ("keepOne", "moveAll", "report"):
         raise ValueError(f"unknown cross_class_action {cross_class_action!r}")
     if not images_dir.is_dir():
         raise DatasetError(f"image folder not found: {images_dir}")
     files, _ = list_image_files(images_dir)
     paths = [p.relative_to(images_dir).as_posix() for p in files]
-    hashed, unreadable = hash_images(images_dir, paths, hash_size, cache_path, progress)
+    hashed, unreadable = hash_images(images_dir, paths, hash_size, layout.dhash_cache_csv(hash_size), progress)
     groups = group_duplicates(hashed, max_distance, hash_size)
     rows = _report_rows(groups, cross_class_action, duplicates_dir)
+    moving = [row for row in rows if row["role"] == ROLE_MOVED]
+    result = DedupResult(images=len(hashed) + len(unreadable), unreadable=unreadable, groups=groups,
+                         moved=len(moving), report_path=None, dry_run=dry_run, cross_class_action=cross_class_action)
     if not rows:
-        report_path = None  # nothing found: no report, no duplicates folder
+        return result  # nothing found: no report, no duplicates folder
+    plan = plan_moves([Move(images_dir / str(row["path"]), duplicates_dir / str(row["moved_to"])) for row in moving],
+                      [images_dir, duplicates_dir])
+    if plan.refused and not dry_run:
+        raise DedupError("nothing was moved: these duplicates cannot be moved aside:\n  "
+                         + "\n  ".join(map(str, plan.refused)))
+    if dry_run:
+        result.report_path = layout.duplicates_dry_run_csv
     else:
-        if report_path is None:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            report_path = unused_path(duplicates_dir / f"duplicatesReport_{stamp}.csv")
-        report_path = Path(report_path)
-        _write_report(report_path, rows)
-    moved = 0
-    for row in rows:
-        if row["role"] != ROLE_MOVED:
-            continue
-        if not dry_run:
-            target = duplicates_dir / str(row["moved_to"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(images_dir / str(row["path"]), target)
-        moved += 1
-    return DedupResult(images=len(hashed) + len(unreadable), unreadable=unreadable, groups=groups,
-                       moved=moved, report_path=report_path, dry_run=dry_run,
-                       cross_class_action=cross_class_action)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        result.report_path = unused_path(layout.duplicates_report_csv(stamp))
+    write_csv(result.report_path, REPORT_COLUMNS, ([row[c] for c in REPORT_COLUMNS] for row in rows))
+    if not dry_run:
+        result.moves = execute(plan, rollback=True)
+        result.moved = len(result.moves.moved)
+    return result
 
 
 def remove_duplicates_for(params: Parameters, dry_run: bool = False, progress: bool = False) -> DedupResult:
-    """:func:`remove_duplicates` on ``params.datasetName`` with the ``dedup_*`` parameters.
-
-    A dry run writes its report to ``proc/<dataset>/duplicatesDryRun.csv``
-    (nothing under ``images/`` changes); a real run to
-    ``images/<dataset>_duplicates/duplicatesReport_<time>.csv``.
-    """
-    layout = DatasetLayout.from_parameters(params)
-    return remove_duplicates(
-        layout.images_dir, layout.duplicates_dir, hash_size=params.dedup_hashSize,
-        max_distance=params.dedup_maxDistance, cross_class_action=params.dedup_crossClass,
-        dry_run=dry_run, report_path=layout.duplicates_dry_run_csv if dry_run else None,
-        cache_path=layout.dhash_cache_csv(params.dedup_hashSize), progress=progress)
+    """:func:`remove_duplicates` on ``params.datasetName`` with the ``dedup_*`` parameters."""
+    return remove_duplicates(DatasetLayout.from_parameters(params), hash_size=params.dedup_hashSize,
+                             max_distance=params.dedup_maxDistance, cross_class_action=params.dedup_crossClass,
+                             dry_run=dry_run, progress=progress)
 
 
 @dataclass
 class UndoResult:
-    """What :func:`undo_moves` did; ``problems`` lists files it could not restore, with why."""
+    """What :func:`undo_moves` did; ``problems`` lists the files it did not restore, with why."""
 
     restored: int = 0
     already_back: int = 0
@@ -486,42 +492,48 @@ class UndoResult:
         return "\n".join(lines)
 
 
-def undo_moves(report_path: str | os.PathLike[str], images_dir: str | os.PathLike[str],
-               duplicates_dir: str | os.PathLike[str]) -> UndoResult:
+def undo_moves(report_path: str | os.PathLike[str], layout: DatasetLayout) -> UndoResult:
     """Move every file the report says was moved back to its original path.
 
-    A file is never overwritten: if something is already at the original path
-    the moved copy stays where it is and the conflict is listed. Running the
-    undo twice is harmless.
+    The report travels with the dataset and may have been edited: if any of
+    its paths leads outside the image folder (``path``) or the duplicates
+    folder (``moved_to``), nothing is moved and :class:`DedupError` lists
+    them. Otherwise the whole plan is checked first; a file is never
+    overwritten (if something is already at the original path, the moved
+    copy stays where it is and is listed), a file already back is counted as
+    such, and a move that fails half-way stops the undo with the files not
+    restored listed. Running the undo twice is harmless.
     """
-    report_path, images_dir, duplicates_dir = Path(report_path), Path(images_dir), Path(duplicates_dir)
+    report_path = Path(report_path)
+    images_dir, duplicates_dir = layout.images_dir, layout.duplicates_dir
     try:
         with open(report_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise DedupError(f"cannot read the duplicates report {report_path}: {exc.strerror or exc}") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DedupError(f"cannot read the duplicates report {report_path}: {exc}") from exc
     if rows and not {"role", "path", "moved_to"} <= rows[0].keys():
         raise DedupError(f"{report_path} is not a duplicates report (columns role, path, moved_to missing)")
     result = UndoResult()
-    for row in rows:
+    moves, unsafe = [], []
+    for number, row in enumerate(rows, start=2):
         if row["role"] != ROLE_MOVED or not row["moved_to"]:
             continue
-        if any(".." in Path(row[key]).parts or Path(row[key]).is_absolute() for key in ("path", "moved_to")):
-            raise DedupError(f"{report_path} has a path leading outside the image folders: {row['path']}")
-        source = duplicates_dir / row["moved_to"]
-        target = images_dir / row["path"]
-        if not source.exists():
-            if target.exists():
-                result.already_back += 1
-            else:
-                result.problems.append(f"{row['moved_to']}: not found in {duplicates_dir}")
-            continue
-        if target.exists():
-            result.problems.append(f"{row['path']}: a file is already there; {source} left in place")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, target)
-        result.restored += 1
+        try:
+            moves.append(Move(confined(duplicates_dir, row["moved_to"]), confined(images_dir, row["path"])))
+        except (UnsafePathError, TypeError) as exc:
+            unsafe.append(f"line {number}: {exc}")
+    if unsafe:
+        raise DedupError(f"{report_path} has paths leading outside {images_dir} or {duplicates_dir}; nothing was "
+                         "moved:\n  " + "\n  ".join(unsafe))
+    pending = []
+    for move in moves:
+        if not move.source.exists() and move.target.exists():
+            result.already_back += 1
+        else:
+            pending.append(move)
+    report = execute(plan_moves(pending, [images_dir, duplicates_dir]))
+    result.restored = len(report.moved)
+    result.problems = report.problems()
     return result
 
 
