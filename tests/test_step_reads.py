@@ -68,15 +68,14 @@ def _run_script(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -
             return recorded[-1]
         return parse_and_record
 
-    # the scripts import these names when they load, so patch them before
+    # the script imports parse_step when it loads, so patch it before
     monkeypatch.setattr(imgclass.cli, "parse_step", recording(imgclass.cli.parse_step))
-    monkeypatch.setattr(imgclass.parameters, "parse_command_line", recording(imgclass.parameters.parse_command_line))
     namespace = runpy.run_path(str(PROJECT_DIR / "scripts" / script), run_name="recorded")
     try:
         namespace["main"](argv)
     except ImgClassError:
         pass  # the client and scraper runs end at the closed port, after reading their parameters
-    assert len(recorded) == 1, f"{script} parsed its parameters {len(recorded)} times"
+    assert len(recorded) == 1, f"{script} called imgclass.cli.parse_step {len(recorded)} times, not once"
     return recorded[0].reads
 
 
