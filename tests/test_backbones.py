@@ -1,17 +1,25 @@
-"""Backbones: feature sizes, weights resolution order, clear errors, safe loading."""
+"""Backbones: the built-ins' feature sizes, weights resolution order, clear errors, safe loading, and
+real ImageNet features from EfficientNet-Lite0 (its weights ship offline).
+
+Any other torchvision model: tests/test_any_backbone.py; the names: tests/test_registry.py."""
 
 from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from imgclass.model import backbones
 from imgclass.model.backbones import (build_feature_extractor, load_pretrained_extractor, load_state_dict_file,
                                 resolve_weights_file)
 from imgclass.errors import WeightsNotFoundError
+from imgclass.model.transforms import EvalTransform, mean_fill
+
+from conftest import DEMO_IMAGES
 
 
 @pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
@@ -24,11 +32,12 @@ def test_feature_size_of_each_backbone(name: str, dim: int) -> None:
         features = extractor(images)
     assert features.shape == (2, dim) and features.dtype == torch.float32
     assert extractor.feature_dim == dim and torch.isfinite(features).all()
+    assert all(key.startswith("body.network.") for key in extractor.state_dict())  # featurizer.pth key layout
 
 
 def _resnet18_state_dict() -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    return backbones.BACKBONES["resnet18"].build_classifier(224).state_dict()
+    return backbones.backbone_spec("resnet18").build_classifier(224).state_dict()
 
 
 def _fail_download(spec: backbones.BackboneSpec) -> Path:
@@ -101,3 +110,32 @@ def test_efficientnet_lite0_works_offline_with_imagenet_weights(tmp_path: Path) 
     assert source.endswith("efficientnet-lite0-57934424.pth")
     random_extractor = build_feature_extractor("efficientnet_lite0", 224)
     assert not torch.equal(extractor.body.network._conv_stem.weight, random_extractor.body.network._conv_stem.weight)
+
+
+def _demo_features(pretrained: bool, resolution: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-length Lite0 features of the first 6 demo images of each of the 6 classes, and their labels."""
+    rows = [(folder.name, path) for folder in sorted(p for p in DEMO_IMAGES.iterdir() if p.is_dir())
+            for path in sorted(folder.glob("*.jpg"))[:6]]
+    torch.manual_seed(0)
+    extractor, _ = load_pretrained_extractor("efficientnet_lite0", resolution, Path("/nonexistent"), pretrained)
+    transform = EvalTransform(resolution, "pad", mean_fill(extractor.spec.mean))
+    images = []
+    for _, path in rows:
+        with Image.open(path) as image:
+            images.append(torch.from_numpy(transform.to_array(image.convert("RGB"))).permute(2, 0, 1))
+    with torch.inference_mode():
+        features = torch.nn.functional.normalize(extractor(torch.stack(images)), dim=1)
+    return features.numpy(), np.array([label for label, _ in rows])
+
+
+def _nearest_neighbour_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    similarity = features @ features.T
+    np.fill_diagonal(similarity, -np.inf)  # leave one out
+    return float((labels[similarity.argmax(axis=1)] == labels).mean())
+
+
+def test_pretrained_lite0_features_group_the_demo_classes() -> None:
+    """ImageNet features put same-class demo images next to each other; random weights do not (chance: 1/6)."""
+    pretrained = _nearest_neighbour_accuracy(*_demo_features(pretrained=True))
+    random = _nearest_neighbour_accuracy(*_demo_features(pretrained=False))
+    assert pretrained >= 0.5 and pretrained >= random + 0.25, (pretrained, random)
