@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -52,7 +52,8 @@ class BackboneSpec:
 
     ``build_classifier`` and ``strip_head`` are picklable (module-level
     functions and partials): a feature extractor carrying its spec is sent to
-    spawned worker processes by step 3.
+    spawned worker processes by step 3. Two specs are equal when their data
+    fields are (the name determines the functions).
     """
 
     name: str
@@ -76,9 +77,9 @@ class BackboneSpec:
     #: where the official weights are downloaded from (None: shipped in a pip package)
     weights_url: str | None
     #: resolution -> the full ImageNet classifier with random weights, laid out as the weights file expects
-    build_classifier: Callable[[int], nn.Module]
+    build_classifier: Callable[[int], nn.Module] = field(compare=False, repr=False)
     #: classifier (weights loaded) -> (body mapping normalised images to features, feature_dim)
-    strip_head: Callable[[nn.Module], tuple[nn.Module, int]]
+    strip_head: Callable[[nn.Module], tuple[nn.Module, int]] = field(compare=False, repr=False)
 
     def check_resolution(self, resolution: int) -> None:
         """Raise a :class:`ParameterError` naming both sizes if the network cannot take ``resolution``."""
