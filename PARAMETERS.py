@@ -30,14 +30,17 @@ imagesSplitBy = "filename"
 randomSeed = 0
 
 # --- Pretrained DNN and its refinement ------------------------------------------------------------
-# rf_pretrainedModelFilename names a backbone, such as 'resnet18', 'resnet50' or
-# 'efficientnet_lite0', or a .pth state dict whose file name starts with one (e.g.
+# rf_pretrainedModelFilename names a backbone: 'resnet18', 'resnet34', 'resnet50',
+# 'efficientnet_lite0', any torchvision classification model (e.g. 'convnext_tiny', 'vit_b_16';
+# docs/backbones.md), or a .pth state dict whose file name starts with one (e.g.
 # resnet18-f37072fd.pth). Weights are looked for in resources/models/, then torch hub's cache,
 # then downloaded; 'efficientnet_lite0' ships with its pip package (works offline). Refinement
 # (classifier 'dnn' or 'svmDnnRefined') trains a new last layer, and the backbone unless
 # rf_boFreezeWeights, on the training images.
 
-# backbone name, or a path to a .pth state dict whose file name starts with one
+# backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0' (works offline), any
+# torchvision classification model name (e.g. 'convnext_tiny', 'vit_b_16'; see docs/backbones.md),
+# or a path to a .pth state dict whose file name starts with one
 rf_pretrainedModelFilename = "resnet18"
 # network input width = height in pixels (the original's misspelling rf_inputResoluton is
 # accepted)

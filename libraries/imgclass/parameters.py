@@ -70,7 +70,8 @@ DATA = Section("Data", "Images live in <rootDir>/images/<datasetName>/<class>/*.
                        "<rootDir>/proc/<datasetName>/, plots and metrics to <rootDir>/results/<datasetName>/. "
                        "A custom dataset is this one change.")
 DNN = Section("Pretrained DNN and its refinement",
-              "rf_pretrainedModelFilename names a backbone, such as 'resnet18', 'resnet50' or 'efficientnet_lite0', "
+              "rf_pretrainedModelFilename names a backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0', "
+              "any torchvision classification model (e.g. 'convnext_tiny', 'vit_b_16'; docs/backbones.md), "
               "or a .pth state dict whose file name starts with one (e.g. resnet18-f37072fd.pth). Weights are looked "
               "for in resources/models/, then torch hub's cache, then downloaded; 'efficientnet_lite0' ships with its "
               "pip package (works offline). Refinement (classifier 'dnn' or 'svmDnnRefined') trains a new last layer, "
@@ -214,7 +215,9 @@ class Parameters:
     randomSeed: int = _param(DATA, 0, "seed of every random choice (split, CV folds, training)")
 
     rf_pretrainedModelFilename: str = _param(
-        DNN, "resnet18", "backbone name, or a path to a .pth state dict whose file name starts with one",
+        DNN, "resnet18", "backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0' (works offline), any "
+                         "torchvision classification model name (e.g. 'convnext_tiny', 'vit_b_16'; see "
+                         "docs/backbones.md), or a path to a .pth state dict whose file name starts with one",
         check=check_backbone_value)
     rf_inputResolution: int = _param(DNN, 224, "network input width = height in pixels (the original's misspelling "
                                                "rf_inputResoluton is accepted)", check=_resolution)
