@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_dataset, make_photo
 
+import imgclass.io.moves
 from imgclass.data import annotations as A
 
 
@@ -183,10 +184,10 @@ def test_undo_of_a_file_moved_away_by_hand_says_so(images_dir: Path) -> None:
 def test_a_failed_move_is_voided_and_an_interrupted_one_undoes_cleanly(
         images_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_move(source: Path, target: Path) -> None:
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(A, "_move_file", broken_move)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(imgclass.io.moves, "move_file", broken_move)
+    with pytest.raises(A.AnnotationError, match="No space left on device; nothing was moved"):
         A.move_image(images_dir, "cats/img_00.jpg", "dogs")
     monkeypatch.undo()
     assert [c.action for c in A.read_log(images_dir)] == ["move", "failed"]
@@ -195,9 +196,67 @@ def test_a_failed_move_is_voided_and_an_interrupted_one_undoes_cleanly(
 
     # logged but interrupted before the file moved (a crash): undo just records it
     original = snapshot(images_dir.parent)
-    A._append(images_dir, A.MOVE, images_dir / "cats" / "img_01.jpg", images_dir / "dogs" / "img_01_1.jpg")
+    A._append(A.dataset_layout(images_dir), A.MOVE, "toy/cats/img_01.jpg", "toy/dogs/img_01_1.jpg")
     assert A.undo_last(images_dir).undoes == 3
     assert snapshot(images_dir.parent) == original and A.pending_changes(images_dir) == []
+
+
+def test_a_folder_outside_images_is_refused_instead_of_guessing_where_the_log_goes(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "pictures" / "toy", {"cats": 2})
+    with pytest.raises(A.AnnotationError, match="not a dataset folder"):
+        A.exclude_image(folder, "cats/img_00.jpg")
+
+
+def _write_log(images_dir: Path, rows: list[tuple[int, str, str, str]]) -> None:
+    with open(A.log_path_of(images_dir), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(A.LOG_COLUMNS)
+        writer.writerows([entry, "2025-01-01T00:00:00", action, source, target, ""]
+                         for entry, action, source, target in rows)
+
+
+@pytest.mark.parametrize("source, target", [
+    ("../outside/secret.jpg", "toy/cats/img_00.jpg"),        # would bring a file from elsewhere in
+    ("toy/cats/new.jpg", "../outside/secret.jpg"),
+    ("/etc/passwd", "toy/cats/img_00.jpg"),
+    ("toy/cats/img_00.jpg", "other/x.jpg"),                  # another folder of images/
+    ("toy/cats/x.jpg", "toy_excluded/link/secret.jpg"),      # through a symbolic link leading out
+    ("toy\\..\\..\\outside\\x.jpg", "toy/cats/img_00.jpg"),
+])
+def test_a_crafted_log_moves_nothing_and_later_undos_still_work(images_dir: Path, tmp_path: Path,
+                                                                source: str, target: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"not part of the dataset")
+    (images_dir.parent / "other").mkdir()
+    (images_dir.parent / "toy_excluded").mkdir()
+    (images_dir.parent / "toy_excluded" / "link").symlink_to(outside)
+    A.exclude_image(images_dir, "dogs/img_00.jpg")  # a genuine change, entry 1
+    genuine = A.read_log(images_dir)[0]
+    _write_log(images_dir, [(1, genuine.action, genuine.source, genuine.target), (2, "move", source, target)])
+    images_before, outside_before = snapshot(images_dir.parent), snapshot(outside)
+
+    with pytest.raises(A.AnnotationError, match="refused, its paths lead outside the dataset"):
+        A.undo_last(images_dir)
+    assert snapshot(images_dir.parent) == images_before and snapshot(outside) == outside_before
+    assert [c.action for c in A.read_log(images_dir)] == ["exclude", "move", "refused"]
+
+    assert A.undo_last(images_dir).undoes == 1  # the crafted entry no longer blocks the genuine one
+    assert (images_dir / "dogs" / "img_00.jpg").is_file()
+    assert A.undo_all(images_dir).undone == [] and snapshot(outside) == outside_before
+
+
+def test_undo_all_checks_the_whole_plan_first(images_dir: Path) -> None:
+    A.move_image(images_dir, "cats/img_00.jpg", "birds")
+    A.exclude_image(images_dir, "cats/img_01.jpg")
+    A.move_image(images_dir, "birds/img_00_1.jpg", "dogs")   # the same cat again
+    make_photo(images_dir / "cats" / "img_01.jpg", seed=7)  # the excluded cat's place is taken
+    result = A.undo_all(images_dir)
+    # the cat moved twice comes back through both steps; the excluded one waits, its place being taken
+    assert [c.undoes for c in result.undone] == [3, 1]
+    assert len(result.problems) == 1 and "a file is already at" in result.problems[0]
+    assert (images_dir / "cats" / "img_00.jpg").is_file()
+    assert [c.entry for c in A.pending_changes(images_dir)] == [2]
 
 
 def test_a_file_that_is_not_a_log_is_reported(images_dir: Path) -> None:

@@ -108,3 +108,11 @@ def test_write_and_read_back(dataset: Path, tmp_path: Path) -> None:
     assert read_split(tmp_path / "proc" / "split.csv") == rows
     assert (tmp_path / "proc" / "split.csv").read_text().splitlines()[0] == "path,label,split"
     assert (tmp_path / "proc" / "labels.json").read_text().split() == ['[', '"cats",', '"dogs",', '"fish"', ']']
+
+
+def test_class_folders_follow_the_one_label_rule(dataset: Path) -> None:
+    (dataset / "cats ").mkdir()  # a trailing space: fine here, not a folder Windows can hold
+    make_photo(dataset / "cats " / "a.jpg", (16, 16))
+    make_photo(dataset / "cats " / "b.jpg", (16, 16), seed=1)
+    with pytest.raises(DatasetError, match="rename these class folders.*ends with a space"):
+        list_dataset(dataset)

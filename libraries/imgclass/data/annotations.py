@@ -21,14 +21,23 @@ rows, so the log is a complete, append-only history. Its columns
 ``time``
     local time of the change, ISO 8601.
 ``action``
-    ``move``, ``exclude``, ``undo``, or ``failed`` (the move of entry ``undoes``
-    raised an error, so the file never left: nothing to undo).
+    ``move``, ``exclude``, ``undo``, ``failed`` (the move of entry ``undoes``
+    raised an error, so the file never left: nothing to undo) or ``refused``
+    (entry ``undoes`` names paths outside the dataset: it is never undone).
 ``source``, ``target``
     where the file was and where it went, POSIX paths relative to ``images/``
     (the dataset folder's parent), e.g. ``tuxpaintStamps/birds/x.jpg`` ->
     ``tuxpaintStamps_excluded/birds/x.jpg``.
 ``undoes``
-    for ``undo`` and ``failed`` rows, the entry they refer to; empty otherwise.
+    for ``undo``, ``failed`` and ``refused`` rows, the entry they refer to; empty otherwise.
+
+The log travels with the images (it sits beside them), so an undo trusts
+none of its paths: each must stay inside the dataset folder or its
+``_excluded`` sibling (no ``..``, no absolute path, no symbolic link leading
+out). An entry whose paths do not is never undone: the undo appends a
+``refused`` row for it (so it no longer blocks the undos before it) and says
+so. Every move, and every undo, goes through :mod:`imgclass.io.moves`: the
+whole plan is checked before the first file moves, nothing is overwritten.
 
 After a correction, re-run the pipeline from ``scripts/1_prepareData.py``:
 ``split.csv`` and everything after it still describe the old folders.
@@ -38,37 +47,45 @@ from __future__ import annotations
 
 import csv
 import datetime
-import io
 import os
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from imgclass.io.atomic import unused_path, write_text
 from imgclass.errors import ImgClassError
+from imgclass.io.atomic import unused_path, write_csv
 from imgclass.io.images import is_image_file, list_image_files
+from imgclass.io.moves import Move, MoveReport, UnsafePathError, confined, execute, plan_moves
+from imgclass.io.names import is_hidden, label_problem
+from imgclass.layout import DatasetLayout
 
 #: Columns of the annotation log (see the module docstring).
 LOG_COLUMNS = ["entry", "time", "action", "source", "target", "undoes"]
-MOVE, EXCLUDE, UNDO, FAILED = "move", "exclude", "undo", "failed"
+MOVE, EXCLUDE, UNDO, FAILED, REFUSED = "move", "exclude", "undo", "failed", "refused"
 
 
 class AnnotationError(ImgClassError):
-    """A correction cannot be made or undone (missing file, bad label, file in the way)."""
+    """A correction cannot be made or undone (missing file, bad label, file in the way, unsafe log entry)."""
 
 
 # --------------------------------------------------------------------------- where things live
+def dataset_layout(images_dir: str | os.PathLike[str]) -> DatasetLayout:
+    """The :class:`DatasetLayout` whose image folder is ``images_dir`` (``<root>/images/<dataset>``)."""
+    images_dir = Path(images_dir)
+    layout = DatasetLayout(images_dir.parent.parent, images_dir.name)
+    if layout.images_dir != images_dir:
+        raise AnnotationError(f"{images_dir} is not a dataset folder <root>/images/<dataset>: the excluded images "
+                              "and the log of changes live beside it, in that images/ folder")
+    return layout
+
+
 def excluded_dir_of(images_dir: str | os.PathLike[str]) -> Path:
     """``images/<ds>_excluded/``: where :func:`exclude_image` puts images."""
-    images_dir = Path(images_dir)
-    return images_dir.parent / f"{images_dir.name}_excluded"
+    return dataset_layout(images_dir).excluded_dir
 
 
 def log_path_of(images_dir: str | os.PathLike[str]) -> Path:
     """``images/<ds>_annotations.csv``: the log of every move, exclusion and undo."""
-    images_dir = Path(images_dir)
-    return images_dir.parent / f"{images_dir.name}_annotations.csv"
+    return dataset_layout(images_dir).annotations_log_csv
 
 
 # --------------------------------------------------------------------------- listing
@@ -96,7 +113,7 @@ def list_classes(images_dir: str | os.PathLike[str]) -> list[ClassImages]:
         raise AnnotationError(f"image folder not found: {images_dir} (run scripts/0_downloadData.py for "
                               "the demo data, or put your images in <rootDir>/images/<dataset>/<class>/)")
     classes = []
-    for class_dir in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for class_dir in sorted(p for p in images_dir.iterdir() if p.is_dir() and not is_hidden(p.name)):
         images, _ = list_image_files(class_dir)
         classes.append(ClassImages(class_dir.name, tuple(p.relative_to(images_dir).as_posix() for p in images)))
     return classes
@@ -161,52 +178,39 @@ def read_log(images_dir: str | os.PathLike[str]) -> list[Change]:
 def pending_changes(images_dir: str | os.PathLike[str]) -> list[Change]:
     """The moves and exclusions not undone yet, oldest first: what :func:`undo_all` would reverse."""
     log = read_log(images_dir)
-    undone = {c.undoes for c in log if c.action in (UNDO, FAILED)}
-    return [c for c in log if c.action in (MOVE, EXCLUDE) and c.entry not in undone]
+    closed = {c.undoes for c in log if c.action in (UNDO, FAILED, REFUSED)}
+    return [c for c in log if c.action in (MOVE, EXCLUDE) and c.entry not in closed]
 
 
-def _append(images_dir: Path, action: str, source: Path, target: Path, undoes: int | None = None) -> Change:
-    """Append one row to the log (the whole file is rewritten atomically: never a half row)."""
-    path = log_path_of(images_dir)
-    log = read_log(images_dir)
-    base = images_dir.parent
+def _append(layout: DatasetLayout, action: str, source: str, target: str, undoes: int | None = None) -> Change:
+    """Append one row to the log (``source``/``target`` relative to ``images/``); the file is rewritten atomically."""
+    log = read_log(layout.images_dir)
     change = Change(entry=(log[-1].entry + 1) if log else 1,
                     time=datetime.datetime.now().isoformat(timespec="seconds"), action=action,
-                    source=source.relative_to(base).as_posix(), target=target.relative_to(base).as_posix(),
-                    undoes=undoes)
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if not old:
-        writer.writerow(LOG_COLUMNS)
-    writer.writerow([change.entry, change.time, change.action, change.source, change.target,
-                     "" if undoes is None else undoes])
-    write_text(path, old + buffer.getvalue())
+                    source=source, target=target, undoes=undoes)
+    write_csv(layout.annotations_log_csv, LOG_COLUMNS,
+              [[c.entry, c.time, c.action, c.source, c.target, "" if c.undoes is None else c.undoes]
+               for c in [*log, change]])
     return change
 
 
+def _relative(layout: DatasetLayout, path: Path) -> str:
+    """How the log writes ``path``: POSIX, relative to ``images/``."""
+    return path.relative_to(layout.images_dir.parent).as_posix()
+
+
 # --------------------------------------------------------------------------- moving files
-def _move_file(source: Path, target: Path) -> None:
-    """Move without ever overwriting: hard link then unlink, or a checked move where links fail."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)  # fails if target exists: no race with another writer
-    except FileExistsError:
-        raise AnnotationError(f"{target} already exists; nothing was moved") from None
-    except OSError:  # no hard links on this file system (or another device)
-        if target.exists():
-            raise AnnotationError(f"{target} already exists; nothing was moved") from None
-        shutil.move(source, target)
-        return
-    os.unlink(source)
-
-
 def _image_in_dataset(images_dir: Path, relative_path: str) -> tuple[Path, PurePosixPath]:
-    rel = PurePosixPath(str(relative_path).replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or len(rel.parts) < 2:
+    """The image a user named (``'birds/owl.jpg'``, also with backslashes), checked to be inside the dataset."""
+    text = str(relative_path).replace("\\", "/")
+    try:
+        source = confined(images_dir, text)
+    except UnsafePathError:
+        source = None
+    rel = PurePosixPath(text)
+    if source is None or len(rel.parts) < 2:
         raise AnnotationError(f"'{relative_path}' must be a path inside the dataset folder, "
                               "starting with its class folder, e.g. 'birds/owl.jpg'")
-    source = images_dir / rel
     if not source.is_file():
         raise AnnotationError(f"image not found: {source}")
     if not is_image_file(source):
@@ -214,21 +218,22 @@ def _image_in_dataset(images_dir: Path, relative_path: str) -> tuple[Path, PureP
     return source, rel
 
 
-def _check_label(label: str) -> None:
-    if (not isinstance(label, str) or not label.strip() or label in (".", "..") or label.startswith(".")
-            or re.search(r"[/\\]", label)):
-        raise AnnotationError(f"'{label}' is not a valid class name (a plain folder name, no slashes)")
+def _roots(layout: DatasetLayout) -> list[Path]:
+    """The folders annotation moves stay in: the dataset and its ``_excluded`` sibling."""
+    return [layout.images_dir, layout.excluded_dir]
 
 
-def _do(images_dir: Path, action: str, source: Path, target: Path) -> Change:
-    """Log first, then move (a crash in between leaves a logged change to undo, never an unlogged
+def _do(layout: DatasetLayout, action: str, source: Path, target: Path) -> Change:
+    """Check, log, then move (a crash in between leaves a logged change to undo, never an unlogged
     move); if the move fails the entry is voided by a ``failed`` row."""
-    change = _append(images_dir, action, source, target)
-    try:
-        _move_file(source, target)
-    except BaseException:
-        _append(images_dir, FAILED, source, target, undoes=change.entry)
-        raise
+    plan = plan_moves([Move(source, target)], _roots(layout))
+    if plan.refused:
+        raise AnnotationError(f"cannot {action} {source}: {plan.refused[0].reason}; nothing was moved")
+    change = _append(layout, action, _relative(layout, source), _relative(layout, target))
+    report = execute(plan)
+    if report.failed:
+        _append(layout, FAILED, change.source, change.target, undoes=change.entry)
+        raise AnnotationError(f"could not {action} {source}: {report.failed[0].reason}; nothing was moved")
     return change
 
 
@@ -242,21 +247,25 @@ def move_image(images_dir: str | os.PathLike[str], relative_path: str, new_label
     relative_path:
         The image, relative to ``images_dir`` (``'birds/owl.jpg'``).
     new_label:
-        The class it belongs to. Its path below the class folder is kept; on a
-        name clash the first free name ``owl_1.jpg``, ... is used.
+        The class it belongs to (a valid folder name, see
+        :func:`imgclass.io.names.label_problem`). Its path below the class
+        folder is kept; on a name clash the first free name ``owl_1.jpg``, ...
+        is used.
 
     Returns
     -------
     Change
         The logged change; ``change.target`` is where the image now is.
     """
-    images_dir = Path(images_dir)
-    source, rel = _image_in_dataset(images_dir, relative_path)
-    _check_label(new_label)
+    layout = dataset_layout(images_dir)
+    source, rel = _image_in_dataset(layout.images_dir, relative_path)
+    problem = label_problem(new_label)
+    if problem:
+        raise AnnotationError(f"'{new_label}' is not a valid class name: {problem}")
     if rel.parts[0] == new_label:
         raise AnnotationError(f"'{relative_path}' is already in class '{new_label}'")
-    target = unused_path(images_dir / new_label / PurePosixPath(*rel.parts[1:]))
-    return _do(images_dir, MOVE, source, target)
+    target = unused_path(layout.images_dir / new_label / PurePosixPath(*rel.parts[1:]))
+    return _do(layout, MOVE, source, target)
 
 
 def exclude_image(images_dir: str | os.PathLike[str], relative_path: str) -> Change:
@@ -265,16 +274,16 @@ def exclude_image(images_dir: str | os.PathLike[str], relative_path: str) -> Cha
     The file is kept (never deleted) and can be brought back with
     :func:`undo_last` / :func:`undo_all`, or by moving it back by hand.
     """
-    images_dir = Path(images_dir)
-    source, rel = _image_in_dataset(images_dir, relative_path)
-    target = unused_path(excluded_dir_of(images_dir) / rel)
-    return _do(images_dir, EXCLUDE, source, target)
+    layout = dataset_layout(images_dir)
+    source, rel = _image_in_dataset(layout.images_dir, relative_path)
+    target = unused_path(layout.excluded_dir / rel)
+    return _do(layout, EXCLUDE, source, target)
 
 
 # --------------------------------------------------------------------------- undo
 @dataclass
 class UndoResult:
-    """What an undo did: the ``undo`` rows it logged, and the changes it could not reverse, with why."""
+    """What an undo did: the ``undo`` rows it logged, and the changes it did not reverse, with why."""
 
     undone: list[Change] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -285,49 +294,87 @@ class UndoResult:
         return "\n".join(lines)
 
 
-def _undo_one(images_dir: Path, change: Change) -> Change:
-    base = images_dir.parent
-    moved_to, original = base / change.target, base / change.source
-    if not moved_to.exists() and original.is_file():
-        # Already back: the move was interrupted after logging, or the file was moved back by hand.
-        return _append(images_dir, UNDO, moved_to, original, undoes=change.entry)
-    if not moved_to.is_file():
-        raise AnnotationError(f"cannot undo {change.describe()}: {moved_to} is no longer there "
-                              "(was it moved by hand?)")
-    if original.exists():
-        raise AnnotationError(f"cannot undo {change.describe()}: a file is already at {original}; "
-                              f"{moved_to} left in place")
-    _move_file(moved_to, original)
-    return _append(images_dir, UNDO, moved_to, original, undoes=change.entry)
+def _reversal(layout: DatasetLayout, change: Change) -> Move:
+    """The move that reverses ``change``; :class:`UnsafePathError` if its paths leave images/<ds>[_excluded]/."""
+    base = layout.images_dir.parent
+    move = Move(confined(base, change.target), confined(base, change.source))
+    roots = _roots(layout)
+    for path in (move.source, move.target):
+        if not any(path.resolve().is_relative_to(root.resolve()) for root in roots):
+            raise UnsafePathError(f"{_relative(layout, path)} is outside {roots[0].name}/ and {roots[1].name}/")
+    return move
+
+
+def _undo(layout: DatasetLayout, changes: list[Change]) -> UndoResult:
+    """Reverse ``changes`` in the order given: one plan, checked whole before the first move."""
+    result = UndoResult()
+    moves: list[Move] = []
+    change_of: dict[Move, Change] = {}
+    produced: set[Path] = set()
+    for change in changes:
+        try:
+            move = _reversal(layout, change)
+        except UnsafePathError as exc:
+            _append(layout, REFUSED, change.source, change.target, undoes=change.entry)
+            result.problems.append(f"{change.describe()}: refused, its paths lead outside the dataset ({exc}); "
+                                   "nothing was moved, and it is marked refused in the log")
+            continue
+        moved_to, original = move.source, move.target
+        if not os.path.lexists(moved_to) and moved_to not in produced and original.is_file():
+            # Already back: the move was interrupted after logging, or the file was moved back by hand.
+            result.undone.append(_append(layout, UNDO, change.target, change.source, undoes=change.entry))
+            continue
+        moves.append(move)
+        change_of[move] = change
+        produced.add(original)
+
+    def log_undo(move: Move) -> None:
+        change = change_of[move]
+        result.undone.append(_append(layout, UNDO, change.target, change.source, undoes=change.entry))
+
+    report: MoveReport = execute(plan_moves(moves, _roots(layout)), on_moved=log_undo)
+    for refusal in report.refused:
+        change = change_of[refusal.move]
+        why = refusal.reason
+        if why == "the file is not there":
+            why = f"{refusal.move.source} is no longer there (was it moved by hand?)"
+        elif why.startswith("a file is already at the target"):
+            why = f"a file is already at {refusal.move.target}; {refusal.move.source} left in place"
+        result.problems.append(f"cannot undo {change.describe()}: {why}")
+    result.problems += [f"cannot undo {change_of[f.move].describe()}: {f.reason}" for f in report.failed]
+    result.problems += [f"not undone (after the failure): {change_of[m].describe()}" for m in report.not_attempted]
+    return result
 
 
 def undo_last(images_dir: str | os.PathLike[str]) -> Change | None:
     """Reverse the latest change not undone yet; returns its ``undo`` row, or None if there is none.
 
-    Raises :class:`AnnotationError`, and changes nothing, if the file is no
-    longer where the change put it or something is in the way at its old path.
+    Raises :class:`AnnotationError`, and moves nothing, if the file is no
+    longer where the change put it, something is in the way at its old path,
+    or the log entry's paths lead outside the dataset (that entry is then
+    marked ``refused``, so the next undo goes on with the one before).
     """
-    images_dir = Path(images_dir)
-    pending = pending_changes(images_dir)
-    return _undo_one(images_dir, pending[-1]) if pending else None
+    layout = dataset_layout(images_dir)
+    pending = pending_changes(layout.images_dir)
+    if not pending:
+        return None
+    result = _undo(layout, pending[-1:])
+    if result.problems:
+        raise AnnotationError(result.problems[0])
+    return result.undone[0]
 
 
 def undo_all(images_dir: str | os.PathLike[str]) -> UndoResult:
     """Reverse every pending change, newest first, so a file moved twice ends where it started.
 
-    A change that cannot be reversed is skipped and listed in ``problems``; the
-    others are still undone. Running it twice is harmless.
+    The whole plan is checked before the first file moves. A change that
+    cannot be reversed is left and listed in ``problems``; the others are
+    still undone. Running it twice is harmless.
     """
-    images_dir = Path(images_dir)
-    result = UndoResult()
-    for change in reversed(pending_changes(images_dir)):
-        try:
-            result.undone.append(_undo_one(images_dir, change))
-        except AnnotationError as exc:
-            result.problems.append(str(exc))
-    return result
+    layout = dataset_layout(images_dir)
+    return _undo(layout, list(reversed(pending_changes(layout.images_dir))))
 
 
 __all__ = ["AnnotationError", "Change", "ClassImages", "LOG_COLUMNS", "UndoResult", "class_counts",
-           "exclude_image", "excluded_dir_of", "image_paths", "list_classes", "list_excluded", "log_path_of",
-           "move_image", "pending_changes", "read_log", "undo_all", "undo_last"]
+           "dataset_layout", "exclude_image", "excluded_dir_of", "image_paths", "list_classes", "list_excluded",
+           "log_path_of", "move_image", "pending_changes", "read_log", "undo_all", "undo_last"]

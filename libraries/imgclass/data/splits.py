@@ -8,7 +8,6 @@ so adding a class or an image to one class does not reshuffle the others.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import random
 from collections import Counter
@@ -16,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from imgclass.io.atomic import write_json, write_text
 from imgclass.errors import DatasetError
+from imgclass.io.atomic import write_csv, write_json
 from imgclass.io.images import list_image_files
+from imgclass.io.names import is_hidden, label_problem
+from imgclass.layout import TOOLKIT_FILES
 
 TRAIN = "train"
 TEST = "test"
-DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
-#: The toolkit's own files inside a dataset folder: not reported as skipped non-images.
-TOOLKIT_FILES = frozenset({DEDICATED_TEST_FILE, "scrapeManifest.tsv"})
 
 
 @dataclass(frozen=True)
@@ -54,18 +52,25 @@ def list_dataset(images_dir: Path) -> DatasetListing:
     Raises
     ------
     DatasetError
-        If the folder is missing, has no class folders, has no images, or a
-        class has fewer than 2 images (one for training, one for testing).
+        If the folder is missing, has no class folders, has no images, a
+        class has fewer than 2 images (one for training, one for testing), or
+        a class folder's name is not a valid label
+        (:func:`imgclass.io.names.label_problem`: the same rule as for labels
+        given in a URL list or to the image search, so a dataset made on one
+        system splits the same on another).
     """
     if not images_dir.is_dir():
         raise DatasetError(f"image folder not found: {images_dir}. Put your images in "
                            f"{images_dir}/<class>/*.jpg (one folder per class), or run "
                            "scripts/0_downloadData.py for the demo data.")
-    class_dirs = sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in images_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
     skipped = sorted(p.name for p in images_dir.iterdir()
-                     if p.is_file() and not p.name.startswith(".") and p.name not in TOOLKIT_FILES)
+                     if p.is_file() and not is_hidden(p.name) and p.name not in TOOLKIT_FILES)
     if not class_dirs:
         raise DatasetError(f"no class folders in {images_dir}: expected {images_dir}/<class>/*.jpg")
+    bad_names = [problem for problem in map(label_problem, (p.name for p in class_dirs)) if problem]
+    if bad_names:
+        raise DatasetError(f"rename these class folders of {images_dir}: " + "; ".join(bad_names))
     images_by_label: dict[str, list[str]] = {}
     for class_dir in class_dirs:
         images, others = list_image_files(class_dir)
@@ -181,11 +186,7 @@ def counts_per_class(rows: Sequence[SplitRow]) -> dict[str, dict[str, int]]:
 
 def write_split(rows: Sequence[SplitRow], labels: Sequence[str], split_csv: Path, labels_json: Path) -> None:
     """Write ``split.csv`` (``path,label,split``) and ``labels.json`` atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "split"])
-    writer.writerows((r.path, r.label, r.split) for r in rows)
-    write_text(split_csv, buffer.getvalue())
+    write_csv(split_csv, ["path", "label", "split"], ((r.path, r.label, r.split) for r in rows))
     write_json(labels_json, list(labels))
 
 
