@@ -38,7 +38,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from imgclass.data.download import fetch_image, file_name_for_url, resolve_urls_file
 from imgclass.errors import ImgClassError
@@ -78,9 +78,9 @@ class ScrapeError(ImgClassError):
     """The search cannot run: no key, key rejected, bad queries, endpoint not answering the protocol."""
 
 
-def subscription_key(environ: Mapping[str, str] | None = None) -> str:
+def subscription_key() -> str:
     """The search API key from ``$BING_SEARCH_V7_SUBSCRIPTION_KEY``; :class:`ScrapeError` if unset."""
-    key = (os.environ if environ is None else environ).get(KEY_ENVIRONMENT_VARIABLE, "").strip()
+    key = os.environ.get(KEY_ENVIRONMENT_VARIABLE, "").strip()
     if not key:
         raise ScrapeError(f"set the environment variable {KEY_ENVIRONMENT_VARIABLE} to your search API key "
                           f"(e.g. `export {KEY_ENVIRONMENT_VARIABLE}=...`); it is never read from a file")
