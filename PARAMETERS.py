@@ -115,7 +115,7 @@ eval_numExampleImages = 24
 # TSV of 'label<TAB>url' lines to download into images/<datasetName>/ ('' = install the bundled
 # demo images)
 download_urlsFile = ""
-# timeout of each image download
+# seconds each image download may take in all (connecting, every read, the whole body)
 download_timeoutSeconds = 20.0
 # downloaded images are shrunk so that the longer side is at most this many pixels
 download_maxImageSide = 1000
@@ -148,10 +148,10 @@ scrape_imageType = "Photo"
 scrape_license = ""
 # when an image itself cannot be downloaded, save Bing's (smaller) thumbnail of it instead
 scrape_useThumbnails = False
-# allow image URLs whose host is a private, loopback or link-local address (off: protects your
-# network)
+# allow URLs (image search and step 0's URL lists) whose host is a private, loopback or link-local
+# address (off: protects your network)
 scrape_allowPrivateHosts = False
-# timeout of each search call and image download
+# seconds each search call and image download may take in all
 scrape_timeoutSeconds = 20.0
 # larger downloads are abandoned
 scrape_maxBytes = 20_000_000

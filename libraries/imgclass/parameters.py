@@ -274,7 +274,9 @@ class Parameters:
 
     download_urlsFile: str = _param(DOWNLOAD, "", "TSV of 'label<TAB>url' lines to download into "
                                                   "images/<datasetName>/ ('' = install the bundled demo images)")
-    download_timeoutSeconds: float = _param(DOWNLOAD, 20.0, "timeout of each image download", check=_positive)
+    download_timeoutSeconds: float = _param(DOWNLOAD, 20.0, "seconds each image download may take in all "
+                                                                "(connecting, every read, the whole body)",
+                                            check=_positive)
     download_maxImageSide: int = _param(DOWNLOAD, 1000, "downloaded images are shrunk so that the longer side is at "
                                                         "most this many pixels", check=_positive)
 
@@ -305,9 +307,10 @@ class Parameters:
                                           "Modify", "ModifyCommercially"))
     scrape_useThumbnails: bool = _param(SCRAPE, False, "when an image itself cannot be downloaded, save Bing's "
                                                        "(smaller) thumbnail of it instead")
-    scrape_allowPrivateHosts: bool = _param(SCRAPE, False, "allow image URLs whose host is a private, loopback or "
-                                                           "link-local address (off: protects your network)")
-    scrape_timeoutSeconds: float = _param(SCRAPE, 20.0, "timeout of each search call and image download",
+    scrape_allowPrivateHosts: bool = _param(SCRAPE, False, "allow URLs (image search and step 0's URL lists) "
+                                                           "whose host is a private, loopback or link-local address "
+                                                           "(off: protects your network)")
+    scrape_timeoutSeconds: float = _param(SCRAPE, 20.0, "seconds each search call and image download may take in all",
                                           check=_positive)
     scrape_maxBytes: int = _param(SCRAPE, 20_000_000, "larger downloads are abandoned", check=_positive)
     scrape_minSecondsBetweenCalls: float = _param(SCRAPE, 0.5, "rate limit: seconds between two requests to the "
