@@ -63,15 +63,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from imgclass.model.backbones import BACKBONES, build_feature_extractor
-from imgclass.model.inference import Featurizer, ImageFileDataset, extract_features
+from imgclass.model.backbones import backbone_spec, build_feature_extractor
+from imgclass.model.dataset import ImageDataset
+from imgclass.model.featurizer import Featurizer
+from imgclass.model.inference import infer
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import load_parameters
-from imgclass.model.transforms import EvalTransform, mean_fill
+from imgclass.model.transforms import EvalTransform
 from imgclass.pipeline import featurize_dataset
-from imgclass.model.runtime import autocast, cpu_has_fast_bf16, featurize_workers, resolve_precision
+from imgclass.model.runtime import Runtime, autocast, cpu_has_fast_bf16, worker_count
 from imgclass.data.splits import TEST, TRAIN, SplitRow, list_dataset, split_dataset, write_split
-from imgclass.model.svm import train_svm
+from imgclass.model.svm import LinearSvmCV
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -275,8 +277,8 @@ def decode_cost_ms(paths: list[Path], backbone: str, resolution: int, count: int
     column. For a JPEG most of this is entropy (Huffman) decoding, which
     reduced-scale decoding cannot skip: it grows with the file size.
     """
-    transform = EvalTransform(resolution, "pad", mean_fill(BACKBONES[backbone].mean))  # step 3's, without a network
-    dataset = ImageFileDataset(paths[:count], transform)
+    transform = EvalTransform.for_backbone(backbone_spec(backbone), resolution, "pad")  # step 3's, no network
+    dataset = ImageDataset(paths[:count], transform)
     out = np.empty((resolution, resolution, 3), dtype=np.uint8)
     best = float("inf")
     for _ in range(2):
@@ -291,7 +293,7 @@ def naive(backbone: str, resolution: int, paths: list[Path]) -> int:
     """The per-image loop of img2vec-style tools (fp32, NCHW, batch of one)."""
     from torchvision import transforms
 
-    spec = BACKBONES[backbone]
+    spec = backbone_spec(backbone)
     body = fresh_extractor(backbone, resolution).body.eval()
     preprocess = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.ToTensor(),
                                      transforms.Normalize(spec.mean, spec.std)])
@@ -461,9 +463,9 @@ def accuracy(args: argparse.Namespace, work: Path) -> None:
                                                  PROJECT_DIR / "resources" / "models")
         featurizer = Featurizer(extractor, "pad", "")
         out = np.zeros((len(paths), featurizer.output_dim), dtype=np.float32)
-        extract_features(featurizer.network, ImageFileDataset([DEMO_IMAGES / p for p in paths], featurizer.transform),
-                         lambda rows, values: out.__setitem__(rows, values), 32, torch.device("cpu"),
-                         resolve_precision(precision, torch.device("cpu")), 0, False)
+        dataset = ImageDataset([DEMO_IMAGES / p for p in paths], featurizer.transform)
+        for batch in infer(featurizer.network, dataset, 32, Runtime.resolve("cpu", precision, 0)):
+            out[batch.indices] = batch.outputs
         features[precision] = out
     a, b = features["fp32"], features["bf16"]
     cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -479,10 +481,9 @@ def accuracy(args: argparse.Namespace, work: Path) -> None:
         test = np.array([index[r.path] for r in rows if r.split == TEST])
         result = {}
         for precision, X in features.items():
-            model = train_svm(X[train], y[train], listing.labels, {}, [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100], 5,
-                              True, seed, -1)
+            model = LinearSvmCV([1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100], 5, True, seed, -1).fit(X[train], y[train])
             predicted = model.predict(X[test])
-            result[precision] = (float(np.mean(predicted == y[test])), model.C, predicted)
+            result[precision] = (float(np.mean(predicted == y[test])), model.C_, predicted)
             totals[precision].append(result[precision][0])
         same = float(np.mean(result["fp32"][2] == result["bf16"][2]))
         print(f"| {seed} | {result['fp32'][0]:.3f} | {result['bf16'][0]:.3f} | {result['fp32'][1]:g} "
@@ -529,7 +530,7 @@ def main() -> None:
         return
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), native bf16: {cpu_has_fast_bf16()}, "
-          f"step-3 worker processes: {featurize_workers(-1, torch.device('cpu'))}, load average "
+          f"step-3 worker processes: {worker_count(-1, torch.device('cpu'), 'inference')}, load average "
           f"{os.getloadavg()[0]:.2f}")
     for name, section in (("speed", speed), ("rss", rss), ("cache", cache), ("accuracy", accuracy)):
         if name in sections:

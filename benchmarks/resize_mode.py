@@ -10,12 +10,15 @@ import sys
 
 import numpy as np
 
-from imgclass.model.backbones import load_pretrained_extractor
-from imgclass.model.inference import Featurizer, ImageFileDataset, extract_features
-from imgclass.layout import DatasetLayout
-from imgclass.parameters import parse_command_line
 from imgclass.data.splits import TRAIN, list_dataset, split_dataset
-from imgclass.model.svm import train_svm
+from imgclass.layout import DatasetLayout
+from imgclass.model.backbones import load_pretrained_extractor
+from imgclass.model.dataset import ImageDataset
+from imgclass.model.featurizer import Featurizer
+from imgclass.model.inference import infer
+from imgclass.model.runtime import Runtime
+from imgclass.model.svm import LinearSvmCV
+from imgclass.parameters import parse_command_line
 
 SEEDS = range(5)
 
@@ -34,12 +37,9 @@ def main(argv: list[str]) -> None:
                                                        params.models_dir)
         featurizer = Featurizer(extractor, mode, source)
         features = np.zeros((len(paths), extractor.feature_dim), dtype=np.float32)
-        dataset = ImageFileDataset([layout.images_dir / p for p in paths], featurizer.transform)
-
-        def store(rows, values):
-            features[rows] = values
-
-        extract_features(extractor, dataset, store, batch_size=32, progress=False)
+        dataset = ImageDataset([layout.images_dir / p for p in paths], featurizer.transform)
+        for batch in infer(extractor, dataset, 32, Runtime()):  # the CPU, fp32, in this process
+            features[batch.indices] = batch.outputs
         row_of = {p: i for i, p in enumerate(paths)}
         cv, test = [], []
         for seed in SEEDS:
@@ -47,9 +47,9 @@ def main(argv: list[str]) -> None:
             train = [row_of[r.path] for r in rows if r.split == TRAIN]
             held = [row_of[r.path] for r in rows if r.split != TRAIN]
             y = np.array([label_of[p] for p in paths])
-            model = train_svm(features[train], y[train], listing.labels, {}, params.svm_CVals, params.svm_cvFolds,
-                              params.svm_boL2Normalize, seed, -1)
-            cv.append(max(model.search.cv_accuracy))
+            model = LinearSvmCV(params.svm_CVals, params.svm_cvFolds, params.svm_boL2Normalize, seed,
+                                -1).fit(features[train], y[train])
+            cv.append(max(model.cv_results_.cv_accuracy))
             test.append(float(np.mean(model.predict(features[held]) == y[held])))
         print(f"{mode:6s} {np.mean(cv):14.3f} {np.mean(test):14.3f} ± {np.std(test):.3f}   "
               f"(per seed: {', '.join(f'{t:.3f}' for t in test)})")

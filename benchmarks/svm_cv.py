@@ -4,7 +4,7 @@
 vectors like pooled ReLU activations (a shared base, a sparse class pattern,
 noise), overlapping enough that the best C reaches about 0.99 CV accuracy and
 the smallest about 0.5. Times what ``scripts/4_trainSVM.py`` runs,
-``train_svm``: the cross-validation over C (``select_C``, 7 C values x 5
+``LinearSvmCV.fit``: the cross-validation over C (``select_C``, 7 C values x 5
 folds), then the refit of every C and the calibration, with ``n_jobs=1`` and
 ``n_jobs=-1``.
 
@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import imgclass.model.svm
-from imgclass.model.svm import train_svm
+from imgclass.model.svm import LinearSvmCV
 
 C_VALUES = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
 
@@ -59,10 +59,10 @@ def main() -> None:
     imgclass.model.svm.select_C = timed_select_C
     for jobs in (int(j) for j in args.jobs.split(",")):
         start = time.perf_counter()
-        model = train_svm(X, y, [str(c) for c in range(args.classes)], {}, C_VALUES, folds=5, n_jobs=jobs)
+        model = LinearSvmCV(C_VALUES, cv=5, n_jobs=jobs).fit(X, y)
         total = time.perf_counter() - start
-        print(f"{jobs:>6d} {cv_seconds[-1]:14.1f} {total - cv_seconds[-1]:25.1f} {total:10.1f} {model.C:9g} "
-              f"{max(model.search.cv_accuracy):7.3f}", flush=True)
+        print(f"{jobs:>6d} {cv_seconds[-1]:14.1f} {total - cv_seconds[-1]:25.1f} {total:10.1f} {model.C_:9g} "
+              f"{max(model.cv_results_.cv_accuracy):7.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgclass.serve.batch import COLUMNS, TABLE, score_folder
 from imgclass.errors import ImgClassError
+from imgclass.io.images import UnreadableImageError, load_rgb
+from imgclass.serve.batch import COLUMNS, TABLE, score_folder
 from test_serving import COW, DEMO_IMAGES, SCRIPTS, train_demo_model
 
 LABELS = ["blue", "green", "red"]
@@ -34,8 +35,18 @@ class _Predictions:
     probabilities: np.ndarray
 
 
+@dataclass
+class _Batch:
+    paths: list[str]
+    predictions: _Predictions
+    failures: list[tuple[str, str]]
+
+
 class ColourPredictor:
-    """Calls an image by its dominant channel; counts the images it was asked about."""
+    """Calls an image by its dominant channel; counts the images it was asked about.
+
+    A stand-in for the Predictor (no network): what is tested here is the bookkeeping around it.
+    """
 
     def __init__(self, version: str = "v1", fail_after: int | None = None):
         self.labels = LABELS
@@ -44,15 +55,22 @@ class ColourPredictor:
         self.seen = 0
         self.fail_after = fail_after
 
-    def predict(self, images: Sequence[Image.Image]) -> _Predictions:
-        if self.fail_after is not None and self.seen >= self.fail_after:
-            raise KeyboardInterrupt  # like Ctrl-C in the middle of a run
-        self.seen += len(images)
-        rows = []
-        for image in images:
-            r, g, b = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0) + 1
-            rows.append(np.array([b, g, r]) / (r + g + b))
-        return _Predictions(np.array(rows))
+    def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> Iterator[_Batch]:
+        for first in range(0, len(paths), batch_size):
+            if self.fail_after is not None and self.seen >= self.fail_after:
+                raise KeyboardInterrupt  # like Ctrl-C in the middle of a run
+            good, rows, failures = [], [], []
+            for path in paths[first:first + batch_size]:
+                try:
+                    image = load_rgb(path)
+                except UnreadableImageError as exc:
+                    failures.append((path, str(exc)))
+                    continue
+                r, g, b = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0) + 1
+                rows.append(np.array([b, g, r]) / (r + g + b))
+                good.append(path)
+            self.seen += len(good)
+            yield _Batch(good, _Predictions(np.array(rows).reshape(-1, 3)), failures)
 
 
 def make_folder(root: Path) -> Path:
@@ -164,6 +182,7 @@ def test_script_scores_a_folder_with_the_trained_model(tmp_path_factory: pytest.
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 images: 3 scored" in first.stdout and "1 unreadable" in first.stdout and "broken.png" in first.stdout
+    assert "tuxpaintStamps-efficientnet_lite0-svm" in first.stdout
     rows = read_csv(out_csv)
     assert {Path(r["path"]).name: r["label"] for r in rows} == expected
     assert {r["model_name"] for r in rows} == {"tuxpaintStamps-efficientnet_lite0-svm"}

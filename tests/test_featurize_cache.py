@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from imgclass.model.backbones import build_feature_extractor
-from imgclass.model.inference import FeatureWriter, Featurizer
-from imgclass.model.feature_store import file_stamp, find_reusable_features, write_cache_index
+from imgclass.model.feature_store import FeatureWriter, file_stamp, find_reusable_features, write_cache_index
+from imgclass.model.featurizer import Featurizer
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, load_parameters
 from imgclass.pipeline import build_featurizer, featurize_dataset, prepare_data
@@ -41,13 +41,13 @@ def _count_featurized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     import imgclass.model.inference
 
     counts: list[int] = []
-    real = imgclass.model.inference.extract_features
+    real = imgclass.model.inference.infer
 
     def counting(network, dataset, *args, **kwargs):  # type: ignore[no-untyped-def]
         counts.append(len(dataset))
         return real(network, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(imgclass.model.inference, "extract_features", counting)
+    monkeypatch.setattr(imgclass.model.inference, "infer", counting)
     return counts
 
 
@@ -114,7 +114,7 @@ def test_an_index_that_does_not_belong_to_the_feature_file_is_ignored(tmp_path: 
     npy, index = tmp_path / "features.npy", tmp_path / "features_cache.json"
     image = make_photo(tmp_path / "x.jpg")
     with FeatureWriter(npy, 1, 3) as writer:
-        writer(np.array([0]), np.ones((1, 3), dtype=np.float32))
+        writer.write(np.array([0]), np.ones((1, 3), dtype=np.float32))
     write_cache_index(index, npy, {"featurizer_sha256": "f", "precision": "float32"}, ["x.jpg"],
                       [file_stamp(image)], [True])
     found = find_reusable_features(index, npy, ["x.jpg"], [file_stamp(image)],
@@ -123,7 +123,7 @@ def test_an_index_that_does_not_belong_to_the_feature_file_is_ignored(tmp_path: 
     assert not len(find_reusable_features(index, npy, ["x.jpg"], [file_stamp(image)],
                                           {"featurizer_sha256": "f", "precision": "float32"}, 4))  # width
     with FeatureWriter(npy, 1, 3) as writer:  # the feature file was rewritten without its index
-        writer(np.array([0]), np.zeros((1, 3), dtype=np.float32))
+        writer.write(np.array([0]), np.zeros((1, 3), dtype=np.float32))
     assert not len(find_reusable_features(index, npy, ["x.jpg"], [file_stamp(image)],
                                           {"featurizer_sha256": "f", "precision": "float32"}, 3))
     index.write_text("{not json")

@@ -60,10 +60,17 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path: Path) -> None:
     build_featurizer(params, pretrained=False)
     report = featurize_dataset(params, progress=False)
     assert sorted(path for path, _ in report.failures) == ["a/img_01.jpg", "b/img_02.jpg"]
+    summary = report.summary().splitlines()
+    assert summary[0].startswith("Featurized 12 images -> 512 floats each") and "0 worker processes" in summary[0]
+    assert summary[1] == "2 image(s) could not be read and are left out:"
+    assert summary[2].startswith("  a/img_01.jpg: cannot decode") and summary[-1].endswith("(+ .csv, .json; 12 images)")
     with open(layout.features_csv, newline="") as handle:
         assert sum(row["ok"] == "0" for row in csv.DictReader(handle)) == 2
-    train_classifier(params)
+    trained = train_classifier(params).summary().splitlines()
+    assert trained[0].split() == ["C", "CV", "acc", "train", "acc", "test", "acc", "time", "(s)"]
+    assert sum(line.endswith("<- chosen") for line in trained) == 1 and trained[-2].startswith("Chosen C = ")
     result = evaluate(params)
+    assert f"Overall accuracy:        {result.metrics['overall_accuracy']:.3f}" in result.summary()
     with open(layout.split_csv, newline="") as handle:
         readable_test = [r for r in csv.DictReader(handle)
                          if r["split"] == "test" and r["path"] not in ("a/img_01.jpg", "b/img_02.jpg")]

@@ -13,18 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclass.model.backbones import build_feature_extractor
 from imgclass.errors import ImgClassError
 from imgclass.layout import DatasetLayout
+from imgclass.model.backbones import build_feature_extractor
+from imgclass.model.refine import RefineConfig, TrainingImages, make_sampler, refine, split_validation
+from imgclass.model.runtime import Runtime
 from imgclass.parameters import load_parameters
-from imgclass.pipeline.build import refine_config
 from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data, train_classifier
-from imgclass.model.refine import RefineConfig, TrainTransform, make_sampler, refine, split_validation
+from imgclass.pipeline.build import refine_config
 
 from conftest import DEMO_IMAGES, PROJECT_DIR, PYTHON
 
 
-def _coloured_images(folder: Path, per_class: int = 6) -> tuple[list[Path], list[int]]:
+def _coloured_images(folder: Path, per_class: int = 12) -> TrainingImages:
     """Two easy classes: reddish and bluish noisy squares."""
     rng = np.random.default_rng(0)
     paths, targets = [], []
@@ -35,28 +36,34 @@ def _coloured_images(folder: Path, per_class: int = 6) -> tuple[list[Path], list
             Image.fromarray(array).save(path)
             paths.append(path)
             targets.append(target)
-    return paths, targets
+    return TrainingImages(tuple(paths), tuple(targets), ("red", "blue"))
 
 
 def _config(**changes) -> RefineConfig:
-    params = load_parameters(rf_mbSize=4, rf_maxEpochs=3, rf_lrPerMb=[0.05], rf_dropoutRate=0.0,
+    """A sane recipe for a random ResNet-18 on a learnable problem: batches of 8, a small rate, fp32.
+
+    (A rate of 0.05 on batches of 4 made the training loss jump around by seed and machine.)
+    """
+    params = load_parameters(rf_mbSize=8, rf_maxEpochs=3, rf_lrPerMb=[0.002], rf_dropoutRate=0.0,
                              rf_validationFraction=0.0, rf_augColorJitter=0.0)
     return refine_config(params.replace(**changes) if changes else params)
 
 
-def _run(tmp_path: Path, config: RefineConfig, **kwargs):
-    paths, targets = _coloured_images(tmp_path)
-    torch.manual_seed(0)
+def _run(tmp_path: Path, config: RefineConfig, seed: int = 0, log=lambda message: None):  # type: ignore[no-untyped-def]
+    images = _coloured_images(tmp_path)
+    torch.manual_seed(seed)
     extractor = build_feature_extractor("resnet18", 32)
-    return extractor, refine(extractor, "pad", config, paths, targets, ["red", "blue"],
-                             tmp_path / "checkpoint.pth", torch.device("cpu"), progress=False,
-                             log=kwargs.pop("log", lambda message: None), **kwargs)
+    return extractor, refine(extractor, images, config, tmp_path / "checkpoint.pth",
+                             Runtime(torch.device("cpu"), torch.float32, 0), log=log)
 
 
-def test_training_loss_goes_down(tmp_path: Path) -> None:
-    _, result = _run(tmp_path, _config(rf_maxEpochs=4))
+@pytest.mark.parametrize("seed", [0, 6])
+def test_training_loss_goes_down(tmp_path: Path, seed: int) -> None:
+    """Over 8 seeds the last epoch's loss was at most 0.25 of the first's: a margin of 2 against noise."""
+    _, result = _run(tmp_path, _config(rf_maxEpochs=6, randomSeed=seed), seed)
     losses = [row["train_loss"] for row in result.history]
-    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
+    assert result.history[-1]["train_error"] <= 0.25
 
 
 def test_frozen_backbone_stays_bit_identical(tmp_path: Path) -> None:
@@ -74,22 +81,37 @@ def test_frozen_backbone_stays_bit_identical(tmp_path: Path) -> None:
 def test_an_interrupted_run_resumes_at_the_next_epoch(tmp_path: Path) -> None:
     config = _config(rf_maxEpochs=3)
 
-    def interrupt(row: dict) -> None:
-        if row["epoch"] == 1:
+    def interrupt_after_epoch_1(message: str) -> None:  # Ctrl-C right after epoch 1 was saved
+        if message.lstrip().startswith("epoch   1/"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, config, on_epoch_end=interrupt)
+        _run(tmp_path, config, log=interrupt_after_epoch_1)
     first_epoch = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["history"][0]
     messages: list[str] = []
     _, result = _run(tmp_path, config, log=messages.append)
-    assert result.resumed_from == 1
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     kept = ("train_loss", "train_error", "seconds")  # validation values are NaN here (no validation part)
     assert [result.history[0][k] for k in kept] == [first_epoch[k] for k in kept]  # epoch 1 was not redone
     assert any("Resuming refinement after epoch 1" in m for m in messages)
+    assert sum(m.lstrip().startswith("epoch") for m in messages) == 2
+    _, longer = _run(tmp_path, _config(rf_maxEpochs=4), log=messages.append)  # more epochs: same run, extended
+    assert [row["epoch"] for row in longer.history] == [1, 2, 3, 4] and "after epoch 3" in messages[-2]
     _, again = _run(tmp_path, _config(rf_maxEpochs=3, rf_l2RegWeight=0.001), log=messages.append)
-    assert again.resumed_from == 0 and any("another setup" in m for m in messages)
+    assert any("another setup" in m for m in messages) and len(again.history) == 3
+    (tmp_path / "checkpoint.pth").write_bytes(b"truncated")
+    _, fresh = _run(tmp_path, config, log=messages.append)
+    assert any("cannot be read" in m for m in messages) and len(fresh.history) == 3
+
+
+def test_unreadable_training_images_are_left_out_not_fatal(tmp_path: Path) -> None:
+    images = _coloured_images(tmp_path, per_class=6)
+    images.paths[0].write_bytes(b"broken")
+    config = _config(rf_validationFraction=0.3, rf_maxEpochs=1)
+    torch.manual_seed(0)
+    result = refine(build_feature_extractor("resnet18", 32), images, config, tmp_path / "checkpoint.pth",
+                    log=lambda message: None)
+    assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.history[0]["validation_loss"])
 
 
 def test_balanced_sampling_draws_classes_evenly() -> None:
@@ -106,18 +128,6 @@ def test_validation_is_held_out_per_class_from_training() -> None:
     assert not set(train) & set(validation) and sorted(train + validation) == list(range(27))
     assert Counter(targets[i] for i in validation) == {0: 2, 1: 1}
     assert split_validation(targets, 0.0, 0)[1] == []
-
-
-def test_train_transform_is_random_but_seeded() -> None:
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
-    transform = TrainTransform(32, (128, 128, 128), random_crop=True, flip=True, color_jitter=0.3)
-    torch.manual_seed(1)
-    a = [transform(image) for _ in range(4)]
-    torch.manual_seed(1)
-    b = [transform(image) for _ in range(4)]
-    assert all(t.shape == (3, 32, 32) and t.dtype == torch.uint8 for t in a)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(a[0], x) for x in a[1:])
 
 
 def test_bad_refinement_setups_fail_before_any_work(tmp_path: Path) -> None:
@@ -146,7 +156,9 @@ def test_each_classifier_mode_runs_steps_2_to_5(tmp_path: Path, classifier: str)
     assert (built.refinement is None) == (classifier == "svm")
     report = featurize_dataset(params, progress=False)
     assert report.feature_dim == (3 if classifier == "dnn" else 512)
-    assert (train_classifier(params) is None) == (classifier == "dnn")
+    trained = train_classifier(params)
+    assert (trained.model is None) == (classifier == "dnn")
+    assert ("no SVM to train" in trained.summary()) == (classifier == "dnn")
     metrics = evaluate(params).metrics
     assert 0 <= metrics["overall_accuracy"] <= 1 and metrics["classifier"] == classifier
     if classifier != "svm":

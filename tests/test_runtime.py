@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imgclass.errors import ParameterError
-from imgclass.model.runtime import default_workers, featurize_workers, resolve_device, resolve_precision
+from imgclass.model.runtime import Runtime, resolve_device, resolve_precision, worker_count
 
 
 def test_auto_device_falls_back_to_cpu_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,20 +40,44 @@ def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_precision("fp32", torch.device("cuda")) == torch.float32
 
 
-def test_worker_choice_leaves_the_model_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert default_workers(3, torch.device("cpu")) == 3
-    monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda: 2)
-    assert default_workers(-1, torch.device("cpu")) == 0
-    monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda: 16)
-    assert default_workers(-1, torch.device("cpu")) == 4
-    assert default_workers(-1, torch.device("cuda")) == 8
-
-
-def test_step_3_runs_one_featurizing_process_per_core_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_workers_leave_the_model_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert featurize_workers(0, cpu) == 0 and featurize_workers(3, cpu) == 3
+    assert worker_count(3, cpu, "training") == 3
+    monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda: 2)
+    assert worker_count(-1, cpu, "training") == 0
+    monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda: 16)
+    assert worker_count(-1, cpu, "training") == 4
+    assert worker_count(-1, cuda, "training") == 8
+
+
+def test_cpu_inference_runs_one_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert worker_count(0, cpu, "inference") == 0 and worker_count(3, cpu, "inference") == 3
     for cpus, expected in ((1, 0), (2, 2), (4, 4), (64, 8)):
         monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda cpus=cpus: cpus)
-        assert featurize_workers(-1, cpu) == expected
+        assert worker_count(-1, cpu, "inference") == expected
     monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda: 16)
-    assert featurize_workers(-1, cuda) == default_workers(-1, cuda) == 8  # with a GPU they only decode
+    assert worker_count(-1, cuda, "inference") == worker_count(-1, cuda, "training") == 8  # GPU: they only decode
+    assert worker_count(-1, mps, "inference") == worker_count(-1, mps, "training") == 4
+    with pytest.raises(ValueError, match="task"):
+        worker_count(-1, cpu, "serving")
+
+
+def test_small_cpu_inference_jobs_run_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting workers costs more than a job of fewer than 4 batches per worker gains from them."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr("imgclass.model.runtime.available_cpus", lambda: 2)
+    assert worker_count(-1, cpu, "inference", n_batches=7) == 0
+    assert worker_count(-1, cpu, "inference", n_batches=8) == 2
+    assert worker_count(2, cpu, "inference", n_batches=7) == 0  # also when asked for
+    assert worker_count(2, cuda, "inference", n_batches=1) == 2  # GPU decoders start for any job
+    assert worker_count(2, cpu, "training", n_batches=1) == 2
+
+
+def test_runtime_resolves_the_three_run_parameters_once() -> None:
+    runtime = Runtime.resolve("cpu", "fp32", 3)
+    assert (runtime.device, runtime.dtype, runtime.precision) == (torch.device("cpu"), torch.float32, "float32")
+    assert runtime.workers("training") == 3 and runtime.workers("inference", n_batches=100) == 3
+    assert Runtime.resolve("cpu", "bf16").precision == "bfloat16"
+    with pytest.raises(ParameterError):
+        Runtime.resolve("cpu", "fp8")

@@ -1,12 +1,18 @@
-"""The SVM: C chosen on the training set only, score shapes, calibrated probabilities."""
+"""The SVM: scikit-learn's shape, C chosen on the training set only, score shapes, calibrated probabilities,
+the files of step 4."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
-from imgclass.errors import DatasetError
-from imgclass.model.svm import effective_folds, select_C, train_svm
+from imgclass.errors import DatasetError, MissingArtifactError
+from imgclass.model.svm import LinearSvm, LinearSvmCV, effective_folds, load_svm, save_svm, select_C
 
 
 def _blobs(n_per_class: int, n_classes: int, dim: int = 20, spread: float = 1.0, seed: int = 0):
@@ -17,18 +23,23 @@ def _blobs(n_per_class: int, n_classes: int, dim: int = 20, spread: float = 1.0,
     return X, y
 
 
-def test_choice_of_C_never_depends_on_the_test_set() -> None:
+def test_the_choice_of_C_sees_only_the_training_set() -> None:
     X, y = _blobs(20, 3, spread=3.0)
-    Xt, yt = _blobs(10, 3, spread=3.0, seed=1)
-    labels = ["a", "b", "c"]
     grid = [1e-3, 0.1, 10.0]
-    honest = train_svm(X, y, labels, {}, grid, folds=4, n_jobs=1, X_test=Xt, y_test=yt)
-    flipped = train_svm(X, y, labels, {}, grid, folds=4, n_jobs=1, X_test=Xt, y_test=(yt + 1) % 3)
-    garbage = train_svm(X, y, labels, {}, grid, folds=4, n_jobs=1, X_test=-Xt * 100, y_test=np.zeros_like(yt))
-    assert honest.C == flipped.C == garbage.C == select_C(X, y, grid, folds=4, n_jobs=1).best_C
-    svm = honest.pipeline[-1]
-    assert np.array_equal(svm.coef_, flipped.pipeline[-1].coef_)
-    assert [r["test_accuracy"] for r in honest.per_C] != [r["test_accuracy"] for r in flipped.per_C]
+    model = LinearSvmCV(grid, cv=4, n_jobs=1).fit(X, y)
+    assert model.C_ == model.cv_results_.best_C == select_C(X, y, grid, folds=4, n_jobs=1).best_C
+    assert sorted(model.estimators_) == grid and set(model.fit_seconds_) == set(grid)
+    chosen = model.estimators_[model.C_]
+    assert np.array_equal(chosen.pipeline_[-1].coef_, model.best_estimator_.pipeline_[-1].coef_)
+    assert model.best_estimator_.calibrated_ is not None and chosen.calibrated_ is None
+
+
+def test_hyper_parameters_are_kept_as_given_so_scikit_learn_can_clone() -> None:
+    model = LinearSvmCV(Cs=[0.1, 1.0], cv=3, l2_normalize=False, random_state=7, n_jobs=1, classes=["a", "b"])
+    assert clone(model).get_params() == model.get_params()
+    assert LinearSvm(C=2.0, probability=False).get_params()["C"] == 2.0
+    with pytest.raises(NotFittedError):
+        LinearSvm().decision_function(np.zeros((1, 2)))
 
 
 def test_ties_prefer_the_smaller_C() -> None:
@@ -41,25 +52,86 @@ def test_folds_adapt_to_the_smallest_class() -> None:
     y = np.array([0] * 10 + [1] * 3)
     assert effective_folds(y, 5) == 3
     assert effective_folds(np.array([0, 0, 1]), 5) == 2
+    assert effective_folds(np.array(["a"] * 4 + ["b"] * 2), 5) == 2
     with pytest.raises(DatasetError, match="at least 2 classes"):
         select_C(np.zeros((4, 2)), np.zeros(4, dtype=int), [1.0])
+    with pytest.raises(DatasetError, match="at least 2 classes"):
+        LinearSvm().fit(np.zeros((4, 2)), ["a"] * 4)
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_scores_and_probabilities(n_classes: int) -> None:
     X, y = _blobs(15, n_classes, spread=0.5)
-    model = train_svm(X, y, [f"c{i}" for i in range(n_classes)], {"backbone": "x"}, [0.1, 1.0], folds=3, n_jobs=1)
-    scores = model.decision_scores(X)
+    labels = np.array([f"c{i}" for i in range(n_classes)])
+    model = LinearSvmCV([0.1, 1.0], cv=3, n_jobs=1).fit(X, labels[y])
+    assert model.classes_.tolist() == labels.tolist()
+    scores = model.decision_function(X)
     assert scores.shape == (len(X), n_classes)
-    assert (model.predict(X) == y).mean() > 0.95
-    proba = model.probabilities(X)
+    assert (model.predict(X) == labels[y]).mean() > 0.95 and model.score(X, labels[y]) > 0.95
+    proba = model.predict_proba(X)
     assert proba.shape == (len(X), n_classes)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert (np.argmax(proba, axis=1) == y).mean() > 0.95
-    assert model.metadata()["featurizer"] == {"backbone": "x"}
+
+
+def test_a_class_without_training_images_keeps_its_column() -> None:
+    X, y = _blobs(10, 2, spread=0.5)
+    model = LinearSvm(C=1.0, cv=3, classes=["a", "empty", "b"]).fit(X, np.array(["a", "b"])[y])
+    scores, proba = model.decision_function(X), model.predict_proba(X)
+    assert scores.shape == proba.shape == (len(X), 3)
+    assert np.isneginf(scores[:, 1]).all() and (proba[:, 1] == 0).all()
+    assert set(model.predict(X)) == {"a", "b"}
+    with pytest.raises(ValueError, match="not in classes"):
+        LinearSvm(classes=["a", "b"]).fit(X, np.array(["a", "c"])[y])
 
 
 def test_l2_normalisation_makes_scores_scale_invariant() -> None:
     X, y = _blobs(15, 3)
-    model = train_svm(X, y, ["a", "b", "c"], {}, [1.0], folds=3, n_jobs=1, l2_normalize=True)
-    np.testing.assert_allclose(model.decision_scores(X), model.decision_scores(X * 7), rtol=1e-4, atol=1e-5)
+    model = LinearSvm(C=1.0, cv=3, l2_normalize=True).fit(X, y)
+    np.testing.assert_allclose(model.decision_function(X), model.decision_function(X * 7), rtol=1e-4, atol=1e-5)
+
+
+def test_saved_models_are_scikit_learn_objects_and_json_and_load_back(tmp_path: Path) -> None:
+    import joblib
+
+    X, y = _blobs(12, 3, spread=0.5)
+    labels = np.array(["red", "green", "blue"])
+    model = LinearSvm(C=0.5, cv=3, classes=labels.tolist()).fit(X, labels[y])
+    joblib_path, json_path = tmp_path / "svm.joblib", tmp_path / "svm.json"
+    save_svm(model, joblib_path, json_path, {"featurizer": {"backbone": "x"}})
+    raw = joblib.load(joblib_path)
+    assert set(raw) == {"format", "pipeline", "calibrated"}
+    assert all(type(v).__module__.startswith(("sklearn.", "builtins")) for v in raw.values())
+    info = json.loads(json_path.read_text())
+    assert (info["labels"], info["C"], info["featurizer"]) == (labels.tolist(), 0.5, {"backbone": "x"})
+    loaded = load_svm(joblib_path, json_path)
+    assert loaded.classes_.tolist() == labels.tolist() and loaded.C == 0.5
+    assert np.array_equal(loaded.decision_function(X), model.decision_function(X))
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+def test_broken_or_mismatched_files_are_one_line_errors_saying_how_to_rebuild(tmp_path: Path) -> None:
+    X, y = _blobs(12, 2, spread=0.5)
+    joblib_path, json_path = tmp_path / "svm.joblib", tmp_path / "svm.json"
+    with pytest.raises(MissingArtifactError, match="run scripts/4_trainSVM.py first"):
+        load_svm(joblib_path, json_path)
+    save_svm(LinearSvm(cv=3).fit(X, y), joblib_path, json_path)
+    first_json = json_path.read_text()
+    save_svm(LinearSvm(C=0.01, cv=3).fit(X, y), tmp_path / "other.joblib", tmp_path / "other.json")
+    json_path.write_text((tmp_path / "other.json").read_text())  # a JSON of another model
+    with pytest.raises(MissingArtifactError, match="does not belong to svm.joblib.*4_trainSVM"):
+        load_svm(joblib_path, json_path)
+    json_path.write_text(first_json)
+    assert load_svm(joblib_path, json_path).C == 1.0
+    json_path.unlink()
+    with pytest.raises(MissingArtifactError, match="missing or unreadable.*4_trainSVM"):
+        load_svm(joblib_path, json_path)
+    joblib_path.write_bytes(joblib_path.read_bytes()[:100])
+    with pytest.raises(MissingArtifactError, match="cannot be read.*4_trainSVM") as error:
+        load_svm(joblib_path, json_path)
+    assert "\n" not in str(error.value)
+    import joblib
+
+    joblib.dump({"something": "else"}, joblib_path)
+    with pytest.raises(MissingArtifactError, match="not an imgclass SVM"):
+        load_svm(joblib_path, json_path)

@@ -1,4 +1,8 @@
-"""Reusing step 3's stored features for images that have not changed.
+"""Step 3's feature file: written batch by batch, and reused for images that have not changed.
+
+:class:`FeatureWriter` writes rows into ``features.npy`` as they come (the file
+appears only when complete), at their offsets, so memory does not grow with
+the number of images.
 
 Featurizing is the slow step; re-running it after a new split, an added
 image or an interrupted session should not redo the images it has already
@@ -10,7 +14,7 @@ conditions it was computed:
   modification time (ns);
 - per run, the *recipe*: the featurizer's fingerprint (a hash of its
   weights, backbone, resolution, resize mode and output; see
-  :meth:`imgclass.model.inference.Featurizer.fingerprint`) and the precision;
+  :meth:`imgclass.model.featurizer.Featurizer.fingerprint`) and the precision;
 - the size and modification time of ``features.npy`` itself, so an index that
   does not belong to the file beside it (an interrupted write, a copied
   folder) is ignored rather than trusted.
@@ -24,11 +28,12 @@ unreadable images are never stored, so they are retried. Deleting
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -152,3 +157,59 @@ def write_cache_index(index_path: Path, features_npy: Path, recipe: Mapping[str,
     rows = ",\n".join(f"  {json.dumps(path)}: {json.dumps(entry)}" for path, entry in entries.items())
     body = "{\n" + "\n".join(lines) + '\n "entries": {' + (f"\n{rows}\n " if rows else "") + "}\n}\n"
     write_text(index_path, body)  # one image per line: readable, and small for thousands of images
+
+
+class FeatureWriter:
+    """Writes rows into a float32 ``.npy`` file as they come; the file appears only when complete.
+
+    The file is created beside the target with its ``.npy`` header and full
+    size, and each batch of rows is written at its offset with plain file
+    writes: neither the matrix nor a memory map of it is held by the process,
+    so its memory stays flat however many images there are (the operating
+    system's page cache holds the written pages, outside the process).
+    Rows may come in any order; a row never written reads as 0.
+    """
+
+    def __init__(self, target: Path, n_rows: int, dim: int):
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp.npy")
+        self.shape = (n_rows, dim)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": self.shape}
+        self._file = open(self.tmp, "wb+")
+        np.lib.format.write_array_header_1_0(self._file, header)
+        self.data_offset = self._file.tell()
+        self.row_bytes = dim * np.dtype(np.float32).itemsize
+        self._file.truncate(self.data_offset + n_rows * self.row_bytes)  # sparse: no zeros written
+
+    def write(self, rows: np.ndarray, features: np.ndarray) -> None:
+        """Write ``features[i]`` as row ``rows[i]`` (each run of consecutive rows in one write)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        values = np.ascontiguousarray(features, dtype=np.float32).reshape(len(rows), self.shape[1])
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"rows outside 0..{self.shape[0] - 1}")
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            if len(run):
+                self._file.seek(self.data_offset + int(rows[run[0]]) * self.row_bytes)
+                self._file.write(values[run[0]:run[-1] + 1].data)
+
+    def commit(self) -> None:
+        """Close and rename onto the target."""
+        self._file.close()
+        os.replace(self.tmp, self.target)
+
+    def discard(self) -> None:
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+    def __enter__(self) -> "FeatureWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()

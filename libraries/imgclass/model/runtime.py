@@ -1,7 +1,9 @@
-"""Where and how the network runs: device, numeric precision, loader workers.
+"""Where and how the network runs: device, numeric precision, worker processes.
 
-Kept apart from the models so every step (featurization, refinement, serving)
-picks the device and precision the same way.
+Kept apart from the models so every loop (featurization, refinement, serving,
+batch scoring) picks the device, the precision and the number of worker
+processes the same way: :class:`Runtime` carries the three, and
+:func:`worker_count` is the one place that decides the workers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ctypes.util
 import functools
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import torch
@@ -56,11 +59,10 @@ def release_free_memory() -> None:
 
     Why: every forward pass allocates and frees tens of MB of activations;
     glibc keeps freed blocks in its heap, and with its adaptive mmap
-    threshold the heap fragments, so a featurizing process's RSS crept up
-    with the number of batches (ResNet-50 workers: ~770 MB after 500 images,
-    ~1,100 MB after 5,000). ``malloc_trim(0)`` once per batch keeps it near
-    flat (~760 MB at 500, ~825 MB at 5,000: BENCHMARKS.md) with no measurable
-    cost in speed (a batch takes ~0.5 s). Elsewhere this does nothing.
+    threshold the heap fragments, so a featurizing process's memory crept up
+    with the number of batches. ``malloc_trim(0)`` once per batch keeps it
+    flat at no measurable cost in speed (a trim is cheap next to a forward
+    pass); the numbers are in BENCHMARKS.md. Elsewhere this does nothing.
     """
     trim = _glibc_malloc_trim()
     if trim is not None:
@@ -107,43 +109,92 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(run_workers: int, device: torch.device) -> int:
-    """Decoding worker processes for a loop that runs the network in this process (refinement).
+#: most CPU processes an inference loop starts by default (each holds its own activations)
+MAX_CPU_INFERENCE_WORKERS = 8
+#: on the CPU, inference worker processes start only for jobs of at least this many batches per worker
+MIN_BATCHES_PER_CPU_WORKER = 4
+#: what a loop's worker processes do: decode only (the network runs here), or decode and run the network
+TASKS = ("training", "inference")
 
-    ``run_workers``, or for -1 a choice that leaves the model its cores.
 
-    On the CPU the forward pass needs the cores, so decoding gets at most a
-    quarter of them (none on a machine with 2 or fewer); with a GPU, decoding
-    is the bottleneck and may use all but one core.
+def worker_count(run_workers: int, device: torch.device, task: str, n_batches: int | None = None) -> int:
+    """How many worker processes a loop over images starts: the one place that decides it.
+
+    Parameters
+    ----------
+    run_workers:
+        The ``run_workers`` parameter: a count, or -1 for the choice below.
+    device:
+        Where the network runs.
+    task:
+        ``'training'``: the workers decode and augment, the network runs in
+        this process. ``'inference'``: on the CPU each worker decodes its own
+        batches *and* runs the network on them (see
+        :func:`imgclass.model.inference.infer`); on a GPU they only decode.
+    n_batches:
+        The job's size, for ``'inference'`` on the CPU.
+
+    Why these choices (measurements in BENCHMARKS.md):
+
+    - a network on the CPU needs the cores, so decoders for it get at most a
+      quarter of them (none on a machine with 2 or fewer); with a GPU, decoding
+      is the bottleneck and may use all but one core (at most 8);
+    - CPU inference: one process per core (at most
+      :data:`MAX_CPU_INFERENCE_WORKERS`, none on a single core) was faster or
+      as fast as one process whose threads share every convolution, because
+      decoding then runs beside the network instead of between its passes;
+    - a CPU inference job of fewer than :data:`MIN_BATCHES_PER_CPU_WORKER`
+      batches per worker runs in this process whatever was asked: starting
+      the workers (each with a first, slow forward pass) costs more than such
+      a job gains from them.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    cpu_inference = task == "inference" and device.type == "cpu"
     if run_workers >= 0:
-        return run_workers
-    cpus = available_cpus()
-    if device.type == "cuda":
-        return max(1, min(8, cpus - 1))
-    return 0 if cpus <= 2 else max(1, cpus // 4)
+        workers = run_workers
+    elif device.type == "cuda":
+        workers = max(1, min(8, available_cpus() - 1))
+    elif cpu_inference:
+        cpus = available_cpus()
+        workers = 0 if cpus == 1 else min(cpus, MAX_CPU_INFERENCE_WORKERS)
+    else:
+        cpus = available_cpus()
+        workers = 0 if cpus <= 2 else max(1, cpus // 4)
+    if cpu_inference and n_batches is not None and n_batches < MIN_BATCHES_PER_CPU_WORKER * workers:
+        return 0
+    return workers
 
 
-#: most CPU processes step 3 starts by default (each holds its own activations)
-MAX_CPU_FEATURIZE_WORKERS = 8
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how networks run: the device, the compute precision and the ``run_workers`` request.
 
-
-def featurize_workers(run_workers: int, device: torch.device) -> int:
-    """Worker processes for step 3: ``run_workers``, or for -1 the measured best choice.
-
-    On the CPU each worker decodes its own batches *and* runs the network on
-    them with ``cores // workers`` threads (see
-    :func:`imgclass.model.inference.extract_features`): one worker per core, up to
-    :data:`MAX_CPU_FEATURIZE_WORKERS`, none on a single core. On 2 cores this
-    is 1.2x the throughput of one process running 2 threads with decoding in
-    between for ResNet-18 on photo-size JPEGs (decoding is a large share of
-    its work) and a tie for ResNet-50 and EfficientNet-Lite0 (BENCHMARKS.md);
-    larger machines were not measured.
-    With a GPU the workers only decode, as in :func:`default_workers`.
+    One object for every loop that runs a network (step 3, refinement and its
+    validation, the predictor), so each decides device, precision and worker
+    processes the same way.
     """
-    if run_workers >= 0:
-        return run_workers
-    if device.type != "cpu":
-        return default_workers(run_workers, device)
-    cpus = available_cpus()
-    return 0 if cpus == 1 else min(cpus, MAX_CPU_FEATURIZE_WORKERS)
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    #: the ``run_workers`` parameter (-1: choose); see :func:`worker_count`
+    run_workers: int = 0
+
+    @classmethod
+    def resolve(cls, run_device: str = "auto", run_precision: str = "auto", run_workers: int = -1) -> "Runtime":
+        """From the ``run_device``, ``run_precision`` and ``run_workers`` parameters."""
+        device = resolve_device(run_device)
+        return cls(device, resolve_precision(run_precision, device), run_workers)
+
+    @property
+    def precision(self) -> str:
+        """The dtype's name as stored with features: ``'float32'``, ``'bfloat16'``, ``'float16'``."""
+        return str(self.dtype).replace("torch.", "")
+
+    def workers(self, task: str, n_batches: int | None = None) -> int:
+        """Worker processes for a loop of ``task`` over ``n_batches`` batches (see :func:`worker_count`)."""
+        return worker_count(self.run_workers, self.device, task, n_batches)
+
+    def autocast(self) -> ContextManager[object]:
+        """Mixed precision on this device at this dtype (a no-op for fp32)."""
+        return autocast(self.device, self.dtype)

@@ -13,10 +13,10 @@ from imgclass.pipeline.build import BuildReport, build_featurizer
 from imgclass.pipeline.evaluate import EvaluationReport, evaluate
 from imgclass.pipeline.featurize import FeaturizeReport, featurize_dataset
 from imgclass.pipeline.prepare import PrepareReport, prepare_data
-from imgclass.pipeline.train import train_classifier
+from imgclass.pipeline.train import TrainReport, train_classifier
 
 #: Steps 1-5 in order: what ``python -m imgclass run`` runs.
 STEPS = (prepare.STEP, build.STEP, featurize.STEP, train.STEP, _evaluate_module.STEP)
 
-__all__ = ["BuildReport", "EvaluationReport", "FeaturizeReport", "PrepareReport", "STEPS", "build_featurizer",
-           "evaluate", "featurize_dataset", "prepare_data", "train_classifier"]
+__all__ = ["BuildReport", "EvaluationReport", "FeaturizeReport", "PrepareReport", "STEPS", "TrainReport",
+           "build_featurizer", "evaluate", "featurize_dataset", "prepare_data", "train_classifier"]

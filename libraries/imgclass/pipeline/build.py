@@ -13,7 +13,7 @@ from imgclass.parameters import Parameters, StepSpec
 from imgclass.pipeline.artifacts import read_labels, read_split_rows
 
 if TYPE_CHECKING:
-    from imgclass.model.inference import Featurizer
+    from imgclass.model.featurizer import Featurizer
     from imgclass.model.refine import RefineConfig, RefineResult
 
 STEP = StepSpec("build", "scripts/2_refineDNN.py", "build the DNN for step 3: the pretrained backbone, or refined",
@@ -29,35 +29,59 @@ TRAINING_LOG_COLUMNS = ("epoch", "learning_rate", "train_loss", "train_error", "
 
 @dataclass
 class BuildReport:
+    """What step 2 built: the featurizer (saved), and the refinement run if there was one."""
+
+    layout: DatasetLayout
     featurizer: "Featurizer"
     refinement: "RefineResult | None" = None
+
+    def summary(self) -> str:
+        """What ``scripts/2_refineDNN.py`` prints."""
+        lines = []
+        if self.refinement is not None:
+            result = self.refinement
+            best = result.history[result.best_epoch - 1]
+            lines.append(f"Refined {len(result.history)} epochs; best epoch {result.best_epoch} "
+                         f"(validation error {best['validation_error']:.3f}, "
+                         f"training error {best['train_error']:.3f})")
+            lines.append(f"Training curves: {self.layout.training_csv}, {self.layout.training_png}")
+        info = self.featurizer.describe()
+        output = "class scores" if info["output"] == "logits" else "features"
+        lines.append(f"DNN: {info['backbone']} at {info['resolution']} px ({info['resize_mode']}), "
+                     f"{info['output_dim']} {output} per image")
+        lines.append(f"Weights: {info['source']}")
+        lines.append(f"Wrote {self.layout.featurizer_pth}")
+        return "\n".join(lines)
 
 
 def refine_config(params: Parameters) -> "RefineConfig":
     """The ``rf_*`` parameters as the refinement's config object."""
     from imgclass.model.refine import RefineConfig
 
-    return RefineConfig(params.rf_dropoutRate, params.rf_mbSize, params.rf_maxEpochs, params.rf_maxTrainImages,
-                        tuple(params.rf_lrPerMb), params.rf_momentumPerMb, params.rf_l2RegWeight,
-                        params.rf_boFreezeWeights, params.rf_backboneLrFactor, params.rf_boBalanceTrainingSet,
-                        params.rf_validationFraction, params.rf_augRandomCrop, params.rf_augHorizontalFlip,
-                        params.rf_augColorJitter, params.randomSeed)
+    return RefineConfig(
+        dropout=params.rf_dropoutRate, batch_size=params.rf_mbSize, max_epochs=params.rf_maxEpochs,
+        max_train_images=params.rf_maxTrainImages, lr_per_epoch=tuple(params.rf_lrPerMb),
+        momentum=params.rf_momentumPerMb, weight_decay=params.rf_l2RegWeight,
+        freeze_backbone=params.rf_boFreezeWeights, backbone_lr_factor=params.rf_backboneLrFactor,
+        balance_classes=params.rf_boBalanceTrainingSet, validation_fraction=params.rf_validationFraction,
+        aug_random_crop=params.rf_augRandomCrop, aug_flip=params.rf_augHorizontalFlip,
+        aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode)
 
 
 def build_featurizer(params: Parameters, pretrained: bool = True, progress: bool = True,
-                     log: Callable[[str], None] = print,
-                     on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> BuildReport:
+                     log: Callable[[str], None] = print) -> BuildReport:
     """Step 2: the network step 3 runs, saved as ``featurizer.pth``.
 
     ``classifier='svm'``: the pretrained backbone, fixed. ``'dnn'`` and
     ``'svmDnnRefined'``: the backbone refined on the training images (see
     :mod:`imgclass.model.refine`); ``'dnn'`` then outputs class scores, and
     ``'svmDnnRefined'`` the refined penultimate features for the SVM.
+    ``pretrained=False`` starts from random weights (tests, speed benchmarks).
     """
     from imgclass.model.backbones import load_pretrained_extractor
-    from imgclass.model.inference import Featurizer
-    from imgclass.model.refine import refine
-    from imgclass.model.runtime import default_workers, resolve_device, resolve_precision
+    from imgclass.model.featurizer import Featurizer
+    from imgclass.model.refine import TrainingImages, refine
+    from imgclass.model.runtime import Runtime
 
     layout = DatasetLayout.from_parameters(params)
     config = refine_config(params)
@@ -68,23 +92,22 @@ def build_featurizer(params: Parameters, pretrained: bool = True, progress: bool
     if params.classifier == "svm" or config.max_epochs == 0:
         featurizer = Featurizer(extractor, params.rf_resizeMode, source)
         featurizer.save(layout.featurizer_pth)
-        return BuildReport(featurizer)
+        return BuildReport(layout, featurizer)
 
     rows = [r for r in read_split_rows(layout) if r.split == TRAIN]
     labels = read_labels(layout)
     label_ids = {label: i for i, label in enumerate(labels)}
-    device = resolve_device(params.run_device)
-    result = refine(extractor, params.rf_resizeMode, config, [layout.images_dir / r.path for r in rows],
-                    [label_ids[r.label] for r in rows], labels, layout.refinement_checkpoint, device,
-                    resolve_precision(params.run_precision, device),
-                    default_workers(params.run_workers, device), progress, log, on_epoch_end)
+    images = TrainingImages(tuple(layout.images_dir / r.path for r in rows), tuple(label_ids[r.label] for r in rows),
+                            tuple(labels))
+    runtime = Runtime.resolve(params.run_device, params.run_precision, params.run_workers)
+    result = refine(extractor, images, config, layout.refinement_checkpoint, runtime, progress, log)
     _write_training_log(result.history, layout)
     model = result.model
     featurizer = Featurizer(model.extractor, params.rf_resizeMode,
                             f"{source}, refined {len(result.history)} epochs, best epoch {result.best_epoch}",
                             model.head, labels, "logits" if params.classifier == "dnn" else "features")
     featurizer.save(layout.featurizer_pth)
-    return BuildReport(featurizer, result)
+    return BuildReport(layout, featurizer, result)
 
 
 def _write_training_log(history: list[dict[str, float]], layout: DatasetLayout) -> None:

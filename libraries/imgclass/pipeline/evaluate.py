@@ -22,8 +22,27 @@ STEP = StepSpec("evaluate", "scripts/5_evaluate.py", "evaluate the classifier on
 
 @dataclass
 class EvaluationReport:
+    """Step 5's metrics (as in ``metrics.json``) and the files it wrote."""
+
     metrics: dict[str, Any]
     written: list[Path]
+
+    def summary(self) -> str:
+        """What ``scripts/5_evaluate.py`` prints."""
+        m = self.metrics
+        lines = [f"{'class':24s} {'images':>6s} {'accuracy':>9s} {'AUC':>6s}"]
+        lines += [f"{label:24s} {m['per_class_counts'][label]:6d} {_fmt(m['per_class_accuracy'][label]):>9s} "
+                  f"{_fmt(m['auc_per_class'][label]):>6s}" for label in m["labels"]]
+        lines.append(f"Overall accuracy:        {_fmt(m['overall_accuracy'])} ({m['n_test_images']} test images)")
+        lines.append(f"Class-averaged accuracy: {_fmt(m['class_averaged_accuracy'])}")
+        lines.append(f"AUC macro / micro:       {_fmt(m['auc_macro'])} / {_fmt(m['auc_micro'])}")
+        lines.append("Wrote:")
+        lines += [f"  {path}" for path in self.written]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:.3f}"
 
 
 def evaluate(params: Parameters) -> EvaluationReport:
@@ -47,12 +66,12 @@ def evaluate(params: Parameters) -> EvaluationReport:
         scores = softmax(X_test)
         C = None
     else:
-        model = load_svm(layout.svm_joblib)
-        if model.labels != table.labels:
+        model = load_svm(layout.svm_joblib, layout.svm_json)
+        if [str(label) for label in model.classes_] != table.labels:
             raise MissingArtifactError("the SVM was trained on other labels than the current split; "
                                        "re-run scripts/4_trainSVM.py")
-        scores = model.decision_scores(X_test)
-        C = model.C
+        scores = model.decision_function(X_test)
+        C = float(model.C)
     y_pred = np.argmax(scores, axis=1)
     labels = table.labels
     K = len(labels)

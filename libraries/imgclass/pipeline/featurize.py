@@ -18,6 +18,9 @@ FEATURES_CSV_COLUMNS = ("row", "path", "label", "split", "ok")
 
 @dataclass
 class FeaturizeReport:
+    """What step 3 did: how many images, how fast, where, and which could not be read."""
+
+    layout: DatasetLayout
     n_images: int
     feature_dim: int
     failures: list[tuple[str, str]]
@@ -33,6 +36,25 @@ class FeaturizeReport:
         """Images that went through the network in this run."""
         return self.n_images - self.n_reused
 
+    def summary(self) -> str:
+        """What ``scripts/3_runDNN.py`` prints."""
+        lines = []
+        if self.n_featurized:
+            rate = self.n_featurized / self.seconds if self.seconds > 0 else float("inf")
+            lines.append(f"Featurized {self.n_featurized} image{'s' * (self.n_featurized != 1)} -> "
+                         f"{self.feature_dim} floats each in {self.seconds:.1f} s ({rate:.1f} img/s; device "
+                         f"{self.device}, {self.precision}, {self.workers} worker "
+                         f"process{'es' * (self.workers != 1)})")
+        if self.n_reused:
+            lines.append(f"Reused the stored features of {self.n_reused} of {self.n_images} images (unchanged "
+                         f"files, same featurizer, {self.precision}); delete {self.layout.features_cache_json} to "
+                         "recompute them")
+        if self.failures:
+            lines.append(f"{len(self.failures)} image(s) could not be read and are left out:")
+            lines += [f"  {path}: {message}" for path, message in self.failures]
+        lines.append(f"Wrote {self.layout.features_npy} (+ .csv, .json; {self.n_images} images)")
+        return "\n".join(lines)
+
 
 def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeReport:
     """Step 3: features of every image in ``split.csv`` -> ``features.npy`` + ``features.csv`` + ``.json``.
@@ -41,46 +63,46 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     and mtime) and were made by the same featurizer (weights and input
     recipe) at the same precision are copied from the previous
     ``features.npy`` instead of recomputed (see :mod:`imgclass.model.feature_store`).
-    Rows are written batch by batch at their offsets in the file, so memory does
-    not grow with the number of images.
+    The rest go through the inference loop (:func:`imgclass.model.inference.infer`),
+    and each batch is written at its offset in the file as it comes, so memory
+    does not grow with the number of images.
     """
-    from imgclass.model.feature_store import file_stamp, find_reusable_features, make_recipe, write_cache_index
-    from imgclass.model.inference import FeatureWriter, Featurizer, ImageFileDataset, effective_workers, \
-        extract_features
-    from imgclass.model.runtime import featurize_workers, resolve_device, resolve_precision
+    from imgclass.model.dataset import ImageDataset
+    from imgclass.model.feature_store import FeatureWriter, file_stamp, find_reusable_features, make_recipe, \
+        write_cache_index
+    from imgclass.model.featurizer import Featurizer
+    from imgclass.model.inference import infer
+    from imgclass.model.runtime import Runtime
 
     layout = DatasetLayout.from_parameters(params)
     rows = read_split_rows(layout)
     featurizer = Featurizer.load(layout.featurizer_pth)
-    device = resolve_device(params.run_device)
-    dtype = resolve_precision(params.run_precision, device)
-    workers = featurize_workers(params.run_workers, device)
-    precision = str(dtype).replace("torch.", "")
+    runtime = Runtime.resolve(params.run_device, params.run_precision, params.run_workers)
     start = time.perf_counter()
     paths = [r.path for r in rows]
     stamps = [file_stamp(layout.images_dir / p) for p in paths]
-    recipe = make_recipe(featurizer.fingerprint(), precision)
+    recipe = make_recipe(featurizer.fingerprint(), runtime.precision)
     reusable = find_reusable_features(layout.features_cache_json, layout.features_npy, paths, stamps, recipe,
                                       featurizer.output_dim)
     todo = reusable.missing(len(rows))
     failures: list[tuple[int, str]] = []
-    workers = effective_workers(len(todo), params.run_mbSize, workers, device)
+    workers = runtime.workers("inference", -(-len(todo) // params.run_mbSize))
     with FeatureWriter(layout.features_npy, len(rows), featurizer.output_dim) as writer:
-        reusable.copy_into(writer)
+        reusable.copy_into(writer.write)
         if len(todo):
-            dataset = ImageFileDataset([layout.images_dir / paths[i] for i in todo], featurizer.transform)
-            failures = [(int(todo[i]), message) for i, message in extract_features(
-                featurizer.network, dataset, lambda batch, values: writer(todo[batch], values), params.run_mbSize,
-                device, dtype, workers, progress)]
+            dataset = ImageDataset([layout.images_dir / paths[i] for i in todo], featurizer.transform)
+            for batch in infer(featurizer.network, dataset, params.run_mbSize, runtime, progress):
+                writer.write(todo[batch.indices], batch.outputs)
+                failures += [(int(todo[i]), message) for i, message in batch.failures]
     seconds = time.perf_counter() - start
     failed = {index for index, _ in failures}
     write_csv(layout.features_csv, FEATURES_CSV_COLUMNS,
               ((i, r.path, r.label, r.split, int(i not in failed)) for i, r in enumerate(rows)))
     write_json(layout.features_json, {**featurizer.describe(), "classifier": params.classifier,
-                                      "precision": precision, "n_images": len(rows),
+                                      "precision": runtime.precision, "n_images": len(rows),
                                       "n_unreadable": len(failures), "n_reused_from_cache": len(reusable)})
     write_cache_index(layout.features_cache_json, layout.features_npy, recipe, paths, stamps,
                       (i not in failed for i in range(len(rows))))
-    return FeaturizeReport(len(rows), featurizer.output_dim,
+    return FeaturizeReport(layout, len(rows), featurizer.output_dim,
                            [(rows[i].path, message) for i, message in sorted(failures)],
-                           seconds, str(device), precision, workers, len(reusable))
+                           seconds, str(runtime.device), runtime.precision, workers, len(reusable))

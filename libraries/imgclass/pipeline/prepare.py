@@ -18,8 +18,15 @@ STEP = StepSpec("prepare", "scripts/1_prepareData.py", "split the images of each
                  "dedup_maxDistance"))
 
 
+#: straddling near-duplicate pairs listed by :meth:`PrepareReport.summary` (the rest are counted)
+SHOWN_PAIRS = 20
+
+
 @dataclass
 class PrepareReport:
+    """What step 1 did: the split, per-class counts, skipped files, near-duplicates across the split."""
+
+    layout: DatasetLayout
     rows: list[SplitRow]
     labels: list[str]
     counts: dict[str, dict[str, int]]
@@ -27,6 +34,35 @@ class PrepareReport:
     used_dedicated_test_file: bool
     #: near-duplicate images that the split put on both sides (they inflate the test accuracy)
     straddling_duplicates: list["StraddlingPair"] = field(default_factory=list)
+    #: the dhash distance up to which two images count as near-duplicates (``dedup_maxDistance``)
+    max_distance: int = 0
+
+    def summary(self) -> str:
+        """What ``scripts/1_prepareData.py`` prints."""
+        layout = self.layout
+        lines = [f"Splitting {layout.images_dir}"]
+        if self.skipped_files:
+            lines.append(f"Skipped {len(self.skipped_files)} non-image file(s):")
+            lines += [f"  {name}" for name in self.skipped_files]
+        if self.used_dedicated_test_file:
+            lines.append(f"Test images as listed in {layout.dedicated_test_tsv}")
+        lines.append(f"{'class':24s} {'train':>6s} {'test':>6s}")
+        lines += [f"{label:24s} {c['train']:6d} {c['test']:6d}" for label, c in self.counts.items()]
+        n_train = sum(c["train"] for c in self.counts.values())
+        n_test = sum(c["test"] for c in self.counts.values())
+        lines.append(f"{'total':24s} {n_train:6d} {n_test:6d}   ({len(self.labels)} classes; "
+                     "train and test are disjoint)")
+        pairs = self.straddling_duplicates
+        if pairs:
+            lines.append(f"WARNING: {len(pairs)} near-duplicate pair(s) straddle train and test (dhash distance <= "
+                         f"{self.max_distance}); they make the test accuracy optimistic. "
+                         "Run scripts/removeDuplicates.py, then this script again.")
+            lines += [f"  train {pair.train_path}  ~  test {pair.test_path}  (distance {pair.distance})"
+                      for pair in pairs[:SHOWN_PAIRS]]
+            if len(pairs) > SHOWN_PAIRS:
+                lines.append(f"  ... and {len(pairs) - SHOWN_PAIRS} more")
+        lines.append(f"Wrote {layout.split_csv} and {layout.labels_json}")
+        return "\n".join(lines)
 
 
 def prepare_data(params: Parameters) -> PrepareReport:
@@ -47,5 +83,5 @@ def prepare_data(params: Parameters) -> PrepareReport:
     straddling = find_straddling_duplicates(((r.path, r.split) for r in rows), layout.images_dir,
                                             params.dedup_hashSize, params.dedup_maxDistance,
                                             layout.dhash_cache_csv(params.dedup_hashSize))
-    return PrepareReport(rows, listing.labels, counts_per_class(rows), listing.skipped_files, dedicated is not None,
-                         straddling)
+    return PrepareReport(layout, rows, listing.labels, counts_per_class(rows), listing.skipped_files,
+                         dedicated is not None, straddling, params.dedup_maxDistance)

@@ -19,20 +19,24 @@ Formats (open them without our code):
 
 from __future__ import annotations
 
-import csv
 import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from tqdm import tqdm
-
-from imgclass.io.atomic import atomic_path
 from imgclass.errors import ImgClassError
-from imgclass.io.images import UnreadableImageError, list_image_files, load_rgb
+from imgclass.io.atomic import write_csv
+from imgclass.io.images import list_image_files
+from imgclass.layout import DatasetLayout
+from imgclass.parameters import Parameters, StepSpec
+
+STEP = StepSpec("batch", "scripts/7_batchScore.py",
+                "classify every image under a folder into a CSV and a SQLite table (resumable)",
+                ("datasetName", "rootDir", "batch_inputDir", "batch_outputCsv", "batch_database", "run_mbSize",
+                 "run_device", "run_precision", "run_workers"))
 
 TABLE = "scores"
 COLUMNS = ("path", "label", "score", "all_scores", "model_name", "model_version", "scored_at")
@@ -51,6 +55,24 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 """
 
 
+class FilePredictor(Protocol):
+    """What batch scoring needs of a model (:class:`imgclass.serve.predictor.Predictor` has it).
+
+    ``predict_files`` yields batches with ``paths`` (the files classified),
+    ``predictions.probabilities`` (one row per path) and ``failures``
+    (``(file, message)`` of unreadable ones), like
+    :class:`imgclass.serve.predictor.FilePredictions`.
+    """
+
+    model_name: str
+    model_version: str
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> Iterator[Any]: ...
+
+
 @dataclass
 class BatchReport:
     """What :func:`score_folder` did."""
@@ -62,6 +84,18 @@ class BatchReport:
     csv_path: Path | None = None
     database_path: Path | None = None
     seconds: float = 0.0
+    input_dir: Path | None = None
+    model_name: str = ""
+    model_version: str = ""
+
+    def summary(self) -> str:
+        """What ``scripts/7_batchScore.py`` prints."""
+        lines = [f"Model {self.model_name} (version {self.model_version}); scored images under {self.input_dir}",
+                 f"{self.n_images} images: {self.n_scored} scored in {self.seconds:.1f} s, "
+                 f"{self.n_skipped} already scored by this model (skipped), {len(self.failures)} unreadable"]
+        lines += [f"  {path}: {message}" for path, message in self.failures]
+        lines.append(f"Wrote {self.csv_path} and table '{TABLE}' of {self.database_path}")
+        return "\n".join(lines)
 
 
 def open_database(path: str | Path) -> sqlite3.Connection:
@@ -92,28 +126,23 @@ def result_rows(paths: Sequence[str], probabilities: Any, labels: Sequence[str],
     return rows
 
 
-def _write_csv(connection: sqlite3.Connection, csv_path: Path, paths: Sequence[str], model_name: str,
-               model_version: str) -> None:
+def _table_rows(connection: sqlite3.Connection, paths: Iterable[str], model_name: str,
+                model_version: str) -> Iterator[tuple[Any, ...]]:
     wanted = set(paths)
     rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE model_name = ? AND "
                               "model_version = ? ORDER BY path", (model_name, model_version))
-    with atomic_path(csv_path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(row for row in rows if row[0] in wanted)
+    return (row for row in rows if row[0] in wanted)
 
 
-def score_folder(predictor: Any, input_dir: str | Path, csv_path: str | Path, database_path: str | Path,
-                 batch_size: int = 32, progress: bool = True) -> BatchReport:
+def score_folder(predictor: FilePredictor, input_dir: str | Path, csv_path: str | Path, database_path: str | Path,
+                 batch_size: int = 32, progress: bool = False) -> BatchReport:
     """Classify every image under ``input_dir`` not yet scored by this model.
 
     Parameters
     ----------
     predictor:
-        A loaded model with ``predict(images)`` (calibrated ``probabilities``),
-        ``labels``, ``model_name`` and ``model_version``, e.g.
-        :class:`imgclass.serve.predictor.Predictor`.
+        A loaded model, e.g. :class:`imgclass.serve.predictor.Predictor`: its
+        ``predict_files`` yields the calibrated ``probabilities`` of each batch.
     input_dir:
         Folder searched recursively (hidden files and folders are ignored).
     csv_path, database_path:
@@ -121,10 +150,12 @@ def score_folder(predictor: Any, input_dir: str | Path, csv_path: str | Path, da
     batch_size:
         Images per forward pass and per database commit.
     progress:
-        Show a tqdm progress bar.
+        Show a progress bar.
 
     Images that cannot be decoded are reported in ``failures`` and retried on the next run.
     """
+    from tqdm import tqdm
+
     input_dir = Path(input_dir).expanduser().resolve()
     if not input_dir.is_dir():
         raise ImgClassError(f"batch input folder not found: {input_dir}")
@@ -133,9 +164,9 @@ def score_folder(predictor: Any, input_dir: str | Path, csv_path: str | Path, da
     paths = [f.resolve().as_posix() for f in files]
     model_name, model_version = predictor.model_name, predictor.model_version
     labels = list(predictor.labels)
-    draft_size = getattr(getattr(predictor, "transform", None), "draft_size", None)
     report = BatchReport(n_images=len(paths), n_scored=0, n_skipped=0, csv_path=Path(csv_path),
-                         database_path=Path(database_path))
+                         database_path=Path(database_path), input_dir=input_dir, model_name=model_name,
+                         model_version=model_version)
 
     connection = open_database(database_path)
     try:
@@ -143,26 +174,36 @@ def score_folder(predictor: Any, input_dir: str | Path, csv_path: str | Path, da
         todo = [p for p in paths if p not in done]
         report.n_skipped = len(paths) - len(todo)
         with tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress) as bar:
-            for first in range(0, len(todo), batch_size):
-                batch_paths, images = [], []
-                for path in todo[first:first + batch_size]:
-                    try:
-                        images.append(load_rgb(path, draft_size=draft_size))
-                        batch_paths.append(path)
-                    except UnreadableImageError as exc:
-                        report.failures.append((path, str(exc)))
-                if images:
-                    probabilities = predictor.predict(images).probabilities
+            for batch in predictor.predict_files(todo, batch_size):
+                report.failures.extend(batch.failures)
+                if batch.paths:
                     scored_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                    rows = result_rows(batch_paths, probabilities, labels, model_name, model_version, scored_at)
+                    rows = result_rows(batch.paths, batch.predictions.probabilities, labels, model_name,
+                                       model_version, scored_at)
                     with connection:  # one transaction per batch: a crash loses at most this batch
                         connection.executemany(
                             f"INSERT OR REPLACE INTO {TABLE} ({', '.join(COLUMNS)}) VALUES "
                             f"({', '.join('?' * len(COLUMNS))})", rows)
                     report.n_scored += len(rows)
-                bar.update(min(batch_size, len(todo) - first))
-        _write_csv(connection, Path(csv_path), paths, model_name, model_version)
+                bar.update(len(batch.paths) + len(batch.failures))
+        write_csv(csv_path, COLUMNS, _table_rows(connection, paths, model_name, model_version))
     finally:
         connection.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def score_images(params: Parameters, progress: bool = False) -> BatchReport:
+    """Step 7: the trained model of ``datasetName`` classifies every image under ``batch_inputDir``.
+
+    Defaults: the dataset's own images, ``results/<ds>/batchScores.csv`` and
+    ``batchScores.sqlite`` (see :class:`~imgclass.layout.DatasetLayout`).
+    """
+    from imgclass.serve.predictor import Predictor
+
+    layout = DatasetLayout.from_parameters(params)
+    input_dir = Path(params.batch_inputDir) if params.batch_inputDir else layout.images_dir
+    csv_path = Path(params.batch_outputCsv) if params.batch_outputCsv else layout.batch_scores_csv
+    database = Path(params.batch_database) if params.batch_database else layout.batch_scores_sqlite
+    predictor = Predictor.from_layout(layout, params.run_device, params.run_precision, params.run_workers)
+    return score_folder(predictor, input_dir, csv_path, database, params.run_mbSize, progress)
