@@ -13,8 +13,8 @@ checkpoint. Images come from the same :class:`~imgclass.model.dataset.ImageDatas
 as everywhere (draft decoding, channels-last batches), and validation runs
 through the same inference loop as step 3 (:func:`imgclass.model.inference.infer`).
 
-In the original tutorial, refining instead of keeping the network fixed raised
-the accuracy on its texture data from 88.92% to 92.35%.
+Whether refining pays off depends on the data: the original tutorial's texture
+data gained from it, the demo data does not (README, BENCHMARKS.md).
 """
 
 from __future__ import annotations
