@@ -327,11 +327,7 @@ class LinearSvmCV(ClassifierMixin, BaseEstimator):
 
 # --------------------------------------------------------------------------- files
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # a model file: read whole anyway when serving
 
 
 def save_svm(model: LinearSvm, joblib_path: Path, json_path: Path, metadata: dict[str, Any] | None = None) -> None:
