@@ -40,7 +40,8 @@ import torch
 from imgclass.io.images import decode_image_bytes, load_rgb
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
-from imgclass.serve.predictor import Predictor
+from imgclass.model.predictor import Predictor
+from imgclass.serve.predictor import load_predictor
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
 
     # The bare model here, the service in its own process; their sequential
     # measurements are interleaved in blocks so that both see the same load.
-    predictor = Predictor.from_layout(layout, "cpu", params.run_precision)
+    predictor = load_predictor(layout, "cpu", params.run_precision)
     draft = predictor.transform.draft_size
     image = load_rgb(IMAGE, draft_size=draft)
     info = predictor.featurizer.describe()

@@ -23,7 +23,7 @@ from imgclass.model.dataset import ImageDataset
 from imgclass.model.featurizer import Featurizer
 from imgclass.model.inference import infer
 from imgclass.model.svm import load_svm
-from imgclass.serve.predictor import Predictor
+from imgclass.serve.predictor import load_predictor
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_models_v1"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
@@ -66,7 +66,7 @@ def test_the_old_svm_gives_the_same_scores_and_probabilities(legacy_layout: Data
 
 
 def test_the_old_model_serves_images_and_files_as_before(legacy_layout: DatasetLayout) -> None:
-    predictor = Predictor.from_layout(legacy_layout, "cpu", "fp32")
+    predictor = load_predictor(legacy_layout, "cpu", "fp32")
     assert predictor.labels == EXPECTED["labels"] and predictor.model_name == "old-efficientnet_lite0-svm"
     expected_scores = np.array(EXPECTED["decision_scores"])
     from_images = predictor.predict([Image.open(p) for p in PROBES])

@@ -14,7 +14,7 @@ from imgclass.model.dataset import ImageDataset
 from imgclass.model.featurizer import Featurizer
 from imgclass.model.inference import infer
 from imgclass.model.svm import LinearSvm
-from imgclass.serve.predictor import Predictor
+from imgclass.model.predictor import Predictor
 
 from conftest import make_photo
 

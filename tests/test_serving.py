@@ -28,7 +28,8 @@ from PIL import Image
 from imgclass.io.images import list_image_files, load_rgb
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEMO_DATASET_NAME, load_parameters
-from imgclass.serve.predictor import Predictor
+from imgclass.model.predictor import Predictor
+from imgclass.serve.predictor import load_predictor
 from imgclass.serve.app import API_KEY_ENV, ServiceSettings, create_app, serve_in_background
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 @pytest.fixture(scope="session")
 def predictor(trained_model: tuple[Path, Path]) -> Predictor:
-    return Predictor.from_layout(DatasetLayout(trained_model[0], DEMO_DATASET_NAME), "cpu")
+    return load_predictor(DatasetLayout(trained_model[0], DEMO_DATASET_NAME), "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,7 @@ def test_32_concurrent_requests_are_all_answered_correctly(server: str, predicto
     paths = demo_images(32)
     assert len(paths) == 32
     expected = predictor.predict([load_rgb(p, draft_size=predictor.transform.draft_size) for p in paths])
-    expected_labels = [row[0][0] for row in expected.top_k(1)]
+    expected_labels = [expected.labels[i] for i in expected.probabilities.argmax(1)]
 
     def call(path: Path) -> str:
         with requests.Session() as session:

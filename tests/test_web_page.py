@@ -16,7 +16,8 @@ import pytest
 
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import DEMO_DATASET_NAME
-from imgclass.serve.predictor import Predictor
+from imgclass.model.predictor import Predictor
+from imgclass.serve.predictor import load_predictor
 from imgclass.serve.app import ServiceSettings, create_app, serve_in_background
 from test_serving import COW, train_demo_model
 
@@ -35,7 +36,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     root, _ = train_demo_model(tmp_path_factory)
-    return Predictor.from_layout(DatasetLayout(root, DEMO_DATASET_NAME), "cpu")
+    return load_predictor(DatasetLayout(root, DEMO_DATASET_NAME), "cpu")
 
 
 @pytest.fixture(scope="module")

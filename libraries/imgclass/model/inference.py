@@ -1,7 +1,7 @@
 """The one batched inference loop: images -> network outputs, batch by batch, in order.
 
 Step 3 (features or class scores), refinement's validation and the
-:class:`~imgclass.serve.predictor.Predictor` (serving, batch scoring,
+:class:`~imgclass.model.predictor.Predictor` (serving, batch scoring,
 notebooks) all run networks through this module:
 
 - :func:`infer` runs a network over an :class:`~imgclass.model.dataset.ImageDataset`

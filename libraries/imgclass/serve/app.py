@@ -1,6 +1,6 @@
 """The REST service and web page of a trained model (step 6): :func:`create_app`.
 
-One :class:`~imgclass.serve.predictor.Predictor` is loaded once by the caller and
+One :class:`~imgclass.model.predictor.Predictor` is loaded once by the caller and
 shared by every request; its forward pass runs under a lock, decoding runs in
 worker threads, so concurrent requests are safe. The app needs no network to
 be built or tested (``scripts/6_deploy.py`` runs it under uvicorn).
@@ -67,7 +67,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class ImagePredictor(Protocol):
-    """What the service needs of a model (:class:`imgclass.serve.predictor.Predictor` has it)."""
+    """What the service needs of a model (:class:`imgclass.model.predictor.Predictor` has it)."""
 
     model_name: str
     model_version: str
@@ -287,7 +287,7 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
     Parameters
     ----------
     predictor:
-        A loaded model, e.g. ``Predictor.from_layout(layout)``; shared by all requests.
+        A loaded model, e.g. ``load_predictor(layout)``; shared by all requests.
     settings:
         Limits and API key (default: :class:`ServiceSettings` defaults, no key).
     """

@@ -56,12 +56,12 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 
 
 class FilePredictor(Protocol):
-    """What batch scoring needs of a model (:class:`imgclass.serve.predictor.Predictor` has it).
+    """What batch scoring needs of a model (:class:`imgclass.model.predictor.Predictor` has it).
 
     ``predict_files`` yields batches with ``paths`` (the files classified),
     ``predictions.probabilities`` (one row per path) and ``failures``
     (``(file, message)`` of unreadable ones), like
-    :class:`imgclass.serve.predictor.FilePredictions`.
+    :class:`imgclass.model.predictor.FilePredictions`.
     """
 
     model_name: str
@@ -141,7 +141,7 @@ def score_folder(predictor: FilePredictor, input_dir: str | Path, csv_path: str 
     Parameters
     ----------
     predictor:
-        A loaded model, e.g. :class:`imgclass.serve.predictor.Predictor`: its
+        A loaded model, e.g. :class:`imgclass.model.predictor.Predictor`: its
         ``predict_files`` yields the calibrated ``probabilities`` of each batch.
     input_dir:
         Folder searched recursively (hidden files and folders are ignored).
@@ -199,11 +199,11 @@ def score_images(params: Parameters, progress: bool = False) -> BatchReport:
     Defaults: the dataset's own images, ``results/<ds>/batchScores.csv`` and
     ``batchScores.sqlite`` (see :class:`~imgclass.layout.DatasetLayout`).
     """
-    from imgclass.serve.predictor import Predictor
+    from imgclass.serve.predictor import load_predictor
 
     layout = DatasetLayout.from_parameters(params)
     input_dir = Path(params.batch_inputDir) if params.batch_inputDir else layout.images_dir
     csv_path = Path(params.batch_outputCsv) if params.batch_outputCsv else layout.batch_scores_csv
     database = Path(params.batch_database) if params.batch_database else layout.batch_scores_sqlite
-    predictor = Predictor.from_layout(layout, params.run_device, params.run_precision, params.run_workers)
+    predictor = load_predictor(layout, params.run_device, params.run_precision, params.run_workers)
     return score_folder(predictor, input_dir, csv_path, database, params.run_mbSize, progress)

@@ -19,9 +19,9 @@ def serve(params: Parameters) -> None:
     import uvicorn
 
     from imgclass.serve.app import ServiceSettings, create_app, describe_settings, warm_up
-    from imgclass.serve.predictor import Predictor
+    from imgclass.serve.predictor import load_predictor
 
-    predictor = Predictor.from_layout(DatasetLayout.from_parameters(params), params.run_device, params.run_precision)
+    predictor = load_predictor(DatasetLayout.from_parameters(params), params.run_device, params.run_precision)
     settings = ServiceSettings.from_parameters(params)
     print(f"Model {predictor.model_name} (version {predictor.model_version}), {len(predictor.labels)} labels, "
           f"on {predictor.device}")
