@@ -281,7 +281,7 @@ async def _read_json(request: Request, model: type[BaseModel]) -> Any:
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = None, labeling: Any = None) -> FastAPI:
     """The FastAPI app serving ``predictor`` (see the module docstring for the endpoints).
 
     Parameters
@@ -417,6 +417,8 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
         return PredictResponse(model_name=predictor.model_name, model_version=predictor.model_version,
                                executionTimeMs=milliseconds, predictions=predictions)
 
+    if labeling is not None:  # /label, /results and their API (imgclass.serve.labeling_api.LabelingService)
+        labeling.mount(app, require_api_key)
     return app
 
 
