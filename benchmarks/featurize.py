@@ -73,7 +73,7 @@ from imgclass.model.transforms import EvalTransform
 from imgclass.pipeline import featurize_dataset
 from imgclass.model.runtime import Runtime, autocast, cpu_has_fast_bf16, worker_count
 from imgclass.data.splits import TEST, TRAIN, SplitRow, list_dataset, split_dataset, write_split
-from imgclass.model.svm import LinearSvmCV
+from imgclass.model.svm import LinearSvm, LinearSvmCV
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -481,7 +481,8 @@ def accuracy(args: argparse.Namespace, work: Path) -> None:
         test = np.array([index[r.path] for r in rows if r.split == TEST])
         result = {}
         for precision, X in features.items():
-            model = LinearSvmCV([1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100], 5, True, seed, -1).fit(X[train], y[train])
+            model = LinearSvmCV([1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100], 5, -1,
+                                LinearSvm(random_state=seed)).fit(X[train], y[train])
             predicted = model.predict(X[test])
             result[precision] = (float(np.mean(predicted == y[test])), model.C_, predicted)
             totals[precision].append(result[precision][0])

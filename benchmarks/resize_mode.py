@@ -17,7 +17,7 @@ from imgclass.model.dataset import ImageDataset
 from imgclass.model.featurizer import Featurizer
 from imgclass.model.inference import infer
 from imgclass.model.runtime import Runtime
-from imgclass.model.svm import LinearSvmCV
+from imgclass.model.svm import LinearSvm, LinearSvmCV
 from imgclass.parameters import parse_command_line
 
 SEEDS = range(5)
@@ -47,8 +47,9 @@ def main(argv: list[str]) -> None:
             train = [row_of[r.path] for r in rows if r.split == TRAIN]
             held = [row_of[r.path] for r in rows if r.split != TRAIN]
             y = np.array([label_of[p] for p in paths])
-            model = LinearSvmCV(params.svm_CVals, params.svm_cvFolds, params.svm_boL2Normalize, seed,
-                                -1).fit(features[train], y[train])
+            model = LinearSvmCV(params.svm_CVals, params.svm_cvFolds, -1,
+                                LinearSvm(l2_normalize=params.svm_boL2Normalize, random_state=seed)
+                                ).fit(features[train], y[train])
             cv.append(max(model.cv_results_.cv_accuracy))
             test.append(float(np.mean(model.predict(features[held]) == y[held])))
         print(f"{mode:6s} {np.mean(cv):14.3f} {np.mean(test):14.3f} ± {np.std(test):.3f}   "

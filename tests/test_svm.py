@@ -35,8 +35,12 @@ def test_the_choice_of_C_sees_only_the_training_set() -> None:
 
 
 def test_hyper_parameters_are_kept_as_given_so_scikit_learn_can_clone() -> None:
-    model = LinearSvmCV(Cs=[0.1, 1.0], cv=3, l2_normalize=False, random_state=7, n_jobs=1, classes=["a", "b"])
-    assert clone(model).get_params() == model.get_params()
+    model = LinearSvmCV(Cs=[0.1, 1.0], cv=3, n_jobs=1,
+                        estimator=LinearSvm(l2_normalize=False, random_state=7, classes=["a", "b"]))
+    cloned = clone(model)
+    assert cloned.estimator is not model.estimator  # a fresh template, with the same values
+    drop = lambda params: {k: v for k, v in params.items() if k != "estimator"}  # noqa: E731
+    assert drop(cloned.get_params()) == drop(model.get_params())  # deep: estimator__C, ... compared too
     assert LinearSvm(C=2.0, probability=False).get_params()["C"] == 2.0
     with pytest.raises(NotFittedError):
         LinearSvm().decision_function(np.zeros((1, 2)))

@@ -90,7 +90,7 @@ class ImageClassifier:
         from imgclass.model.featurizer import Featurizer
         from imgclass.model.inference import infer
         from imgclass.model.predictor import Predictor
-        from imgclass.model.svm import LinearSvmCV
+        from imgclass.model.svm import LinearSvm, LinearSvmCV
 
         folder = Path(folder)
         listing = list_dataset(folder)
@@ -110,8 +110,9 @@ class ImageClassifier:
         kept = [label for label, ok in zip(labels, readable) if ok]
         if len(set(kept)) < 2:
             raise DatasetError(f"fewer than 2 classes with readable images in {folder}")
-        search = LinearSvmCV(tuple(self.C_values), self.cv, random_state=self.random_state,
-                             classes=listing.labels).fit(features[readable], kept)
+        search = LinearSvmCV(tuple(self.C_values), self.cv,
+                             estimator=LinearSvm(random_state=self.random_state, classes=listing.labels)
+                             ).fit(features[readable], kept)
         self._predictor = Predictor(featurizer, search.best_estimator_, runtime, model_name=folder.name)
         return self
 

@@ -28,7 +28,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from imgclass.errors import ImgClassError
 
@@ -83,9 +83,8 @@ class Move:
         return f"{self.source} -> {self.target}"
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A move that was not made (refused by the plan, failed, or not rolled back), and why."""
+class Refusal(NamedTuple):
+    """A move that was not made (refused by the plan, failed, or not rolled back), and why: ``'move: reason'``."""
 
     move: Move
     reason: str

@@ -255,16 +255,22 @@ def _fit_timed(estimator: LinearSvm, X: np.ndarray, y: np.ndarray) -> tuple[Line
 class LinearSvmCV(ClassifierMixin, BaseEstimator):
     """:class:`LinearSvm` with C chosen by stratified k-fold cross-validation on the training set.
 
+    The shape of scikit-learn's ``GridSearchCV``: the search's own settings,
+    and an ``estimator`` template whose other hyper-parameters every fit uses.
+
     Parameters
     ----------
     Cs:
         The C values tried.
     cv:
-        Folds (at most the smallest class's size, at least 2).
-    l2_normalize, random_state, classes:
-        As for :class:`LinearSvm`.
+        Folds of the C search and of the chosen model's calibration (at most
+        the smallest class's size, at least 2).
     n_jobs:
         Processes for the cross-validation and the fits (-1 = all cores).
+    estimator:
+        A :class:`LinearSvm` giving ``l2_normalize``, ``random_state`` and
+        ``classes`` (its ``C``, ``probability`` and ``cv`` are set by the
+        search); default ``LinearSvm()``.
 
     Attributes
     ----------
@@ -281,22 +287,20 @@ class LinearSvmCV(ClassifierMixin, BaseEstimator):
         ``decision_function``, ``predict`` and ``predict_proba`` use.
     """
 
-    def __init__(self, Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0), cv: int = 5, l2_normalize: bool = True,
-                 random_state: int = 0, n_jobs: int | None = -1, classes: Sequence[Any] | None = None):
+    def __init__(self, Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0), cv: int = 5, n_jobs: int | None = -1,
+                 estimator: LinearSvm | None = None):
         self.Cs = Cs
         self.cv = cv
-        self.l2_normalize = l2_normalize
-        self.random_state = random_state
         self.n_jobs = n_jobs
-        self.classes = classes
+        self.estimator = estimator
 
     def fit(self, X: np.ndarray, y: Sequence[Any]) -> "LinearSvmCV":
         """Choose C on ``(X, y)`` by cross-validation, then fit every C (in parallel) and the chosen one calibrated."""
         X = np.asarray(X)
-        classes_, ids = _encode(y, self.classes)
-        search = select_C(X, ids, list(self.Cs), self.cv, self.l2_normalize, self.random_state, self.n_jobs)
-        base = LinearSvm(l2_normalize=self.l2_normalize, probability=False, cv=self.cv,
-                         random_state=self.random_state, classes=classes_.tolist())
+        template = self.estimator if self.estimator is not None else LinearSvm()
+        classes_, ids = _encode(y, template.classes)
+        search = select_C(X, ids, list(self.Cs), self.cv, template.l2_normalize, template.random_state, self.n_jobs)
+        base = clone(template).set_params(probability=False, cv=self.cv, classes=classes_.tolist())
         y = classes_[ids]
         order = sorted(search.C_values, key=lambda C: -C)  # longest fits first
         fitted = Parallel(n_jobs=self.n_jobs)(delayed(_fit_timed)(clone(base).set_params(C=C), X, y)

@@ -240,29 +240,24 @@ class DatasetBrowser:
         for p in paths:
             self._boxes[p].value = True
 
-    def move_selected(self, new_label: str | None) -> list[str]:
-        if not new_label:
-            return ["choose a class in 'move to' first"]
+    def _apply_to_selected(self, verb: str, change: Callable[[str], A.Change]) -> list[str]:
+        """Apply ``change`` to every ticked image; one message per image (an error does not stop the others)."""
         messages = []
         for path in self.selected():
             try:
-                change = A.move_image(self.images_dir, path, new_label)
-                messages.append(f"moved {path} -> {change.target}")
+                messages.append(f"{verb} {path} -> {change(path).target}")
             except A.AnnotationError as exc:
                 messages.append(f"error: {exc}")
         self.refresh()
         return messages or ["nothing ticked"]
 
+    def move_selected(self, new_label: str | None) -> list[str]:
+        if not new_label:
+            return ["choose a class in 'move to' first"]
+        return self._apply_to_selected("moved", lambda path: A.move_image(self.images_dir, path, new_label))
+
     def exclude_selected(self) -> list[str]:
-        messages = []
-        for path in self.selected():
-            try:
-                change = A.exclude_image(self.images_dir, path)
-                messages.append(f"excluded {path} -> {change.target}")
-            except A.AnnotationError as exc:
-                messages.append(f"error: {exc}")
-        self.refresh()
-        return messages or ["nothing ticked"]
+        return self._apply_to_selected("excluded", lambda path: A.exclude_image(self.images_dir, path))
 
     def undo_last(self) -> list[str]:
         try:

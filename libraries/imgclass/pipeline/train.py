@@ -63,7 +63,7 @@ def train_classifier(params: Parameters) -> TrainReport:
     """
     import numpy as np
 
-    from imgclass.model.svm import LinearSvmCV, save_svm
+    from imgclass.model.svm import LinearSvm, LinearSvmCV, save_svm
 
     layout = DatasetLayout.from_parameters(params)
     table = load_features_for(params)
@@ -74,8 +74,9 @@ def train_classifier(params: Parameters) -> TrainReport:
     if len(y_train) == 0:
         raise ImgClassError("no readable training images: check the report of scripts/3_runDNN.py")
     labels = np.asarray(table.labels)
-    model = LinearSvmCV(params.svm_CVals, params.svm_cvFolds, params.svm_boL2Normalize, params.randomSeed,
-                        params.svm_nJobs, classes=table.labels).fit(X_train, labels[y_train])
+    model = LinearSvmCV(params.svm_CVals, params.svm_cvFolds, params.svm_nJobs,
+                        LinearSvm(l2_normalize=params.svm_boL2Normalize, random_state=params.randomSeed,
+                                  classes=table.labels)).fit(X_train, labels[y_train])
     search = model.cv_results_
     per_C: list[dict[str, Any]] = [
         {"C": C, "cv_accuracy": cv, "train_accuracy": train, "fit_seconds": model.fit_seconds_[C]}
