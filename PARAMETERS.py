@@ -19,7 +19,7 @@ datasetName = "tuxpaintStamps"
 # root of images/, proc/ and results/; a relative path is relative to the parameters file's folder
 rootDir = "data"
 # 'svm': fixed DNN features + linear SVM; 'dnn': the refined DNN itself; 'svmDnnRefined': SVM on
-# the refined DNN's features
+# the refined DNN's features; 'auto': the best of auto_classifiers x backbones on the training set
 classifier = "svm"
 # fraction of each class's images used for training
 ratioTrainTest = 0.75
@@ -40,7 +40,8 @@ randomSeed = 0
 
 # backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0' (works offline), any
 # torchvision classification model name (e.g. 'convnext_tiny', 'vit_b_16'; see docs/backbones.md),
-# or a path to a .pth state dict whose file name starts with one
+# or a path to a .pth state dict whose file name starts with one; with classifier 'auto' also a
+# list of them (on the command line comma-separated)
 rf_pretrainedModelFilename = "resnet18"
 # network input width = height in pixels (the original's misspelling rf_inputResoluton is
 # accepted)
@@ -78,6 +79,37 @@ rf_augRandomCrop = True
 rf_augHorizontalFlip = True
 # training augmentation: brightness/contrast/saturation jitter strength (0 = off)
 rf_augColorJitter = 0.2
+
+# --- Refinement recipe, test-time augmentation, automatic choice ----------------------------------
+# rf_recipe = 'lpft' (the default) first fits the new last layer on the frozen network's features
+# (the linear probe: seconds), then fine-tunes the whole network from it (rf_ft*); 'original' is
+# the CNTK tutorial's recipe (rf_maxEpochs, rf_lrPerMb, rf_dropoutRate). Both stop early when the
+# validation part of the training set stops improving. classifier = 'auto' tries every backbone in
+# rf_pretrainedModelFilename (a name or a list) with each of auto_classifiers and keeps the best
+# on the validation part of the training set; the test set is used once, at the end
+# (docs/refinement.md).
+
+# 'lpft': linear probe on frozen features, then fine-tune everything from it; 'original': the
+# tutorial's recipe (random head, whole network from the start)
+rf_recipe = "lpft"
+# 'lpft': fine-tuning epochs, the length of the warm-up + cosine schedule (0 = the linear probe
+# only)
+rf_ftEpochs = 8
+# 'lpft': the new last layer's peak learning rate (SGD with rf_momentumPerMb, rf_l2RegWeight)
+rf_ftLearningRate = 0.01
+# 'lpft': the backbone learns at this fraction of rf_ftLearningRate
+rf_ftBackboneLrFactor = 0.1
+# 'lpft': epochs of linear learning-rate warm-up
+rf_warmupEpochs = 1.0
+# stop refining after this many epochs without a better validation error or loss (0 = never; both
+# recipes)
+rf_earlyStopPatience = 3
+# test-time augmentation, stored with the DNN by step 2 and applied wherever it runs (step 3,
+# serving, batch scoring, Spark): 'none', or 'flip' (the mean of the features of the image and of
+# its mirror; twice the compute)
+run_tta = "none"
+# classifier 'auto': the modes tried with each backbone
+auto_classifiers = ["svm", "dnn", "svmDnnRefined"]
 
 # --- Linear SVM -----------------------------------------------------------------------------------
 # C is chosen by cross-validation on the training set; the test set plays no part in the choice.
@@ -198,12 +230,81 @@ deploy_clientImage = ""
 deploy_clientRepeats = 10
 
 # --- Batch scoring (scripts/7_batchScore.py) ------------------------------------------------------
-# Classifies every image under a folder into a CSV and a SQLite table.
+# Classifies every image under a folder into a CSV and a results database (SQLite by default,
+# PostgreSQL the same way).
 
 # folder whose images (recursively) are classified ('' = images/<datasetName>/; a relative path is
 # from the current folder)
 batch_inputDir = ""
 # CSV written ('' = results/<datasetName>/batchScores.csv)
 batch_outputCsv = ""
-# SQLite database the rows are added to ('' = results/<datasetName>/batchScores.sqlite)
+# results database the rows are added to: a SQLAlchemy URL (e.g.
+# postgresql://user:password@host/dbname) or a SQLite file path ('' =
+# results/<datasetName>/batchScores.sqlite)
 batch_database = ""
+
+# --- Labeling, least sure first (the /label and /results pages of scripts/6_deploy.py) ------------
+# The service's labeling page queues the images of the unlabeled folder, and labeled images the
+# model disagrees with, least sure first; each decision moves the file (never deletes it), is
+# logged in images/<datasetName>_labeling.csv and can be undone. The results page browses batch
+# scoring's database (guide: docs/labeling.md).
+
+# folder under <rootDir>/images/ whose images wait for a label ('' = <datasetName>_unlabeled)
+label_unlabeledFolder = ""
+# labeled images queued too: 'disagree' (the model gives another class), 'all' (every one not yet
+# confirmed, e.g. a scraped set), 'none'
+label_reviewLabeled = "disagree"
+# how unsure the model is: 'margin' (1 - the gap between the two most probable classes) or
+# 'entropy' of the calibrated probabilities
+label_uncertainty = "margin"
+# images the labeling page holds at most at a time (the least sure)
+label_queueSize = 200
+# --key=value overrides for the page's retraining (python -m imgclass run with the service's
+# parameters file), e.g. ['--rf_pretrainedModelFilename=efficientnet_lite0']
+label_retrainArgs = []
+
+# --- Running on Apache Spark (steps 3 and 7) ------------------------------------------------------
+# With run_engine = 'spark', step 3 and batch scoring run the same featurizer and classifier on a
+# Spark cluster, or on this machine's cores (guide: docs/spark.md). Needs pip install
+# 'imgclass[spark]' (PySpark, PyArrow) and a Java runtime; nothing else changes.
+
+# where steps 3 and 7 run: 'local' (this machine's processes) or 'spark' (a Spark session at
+# spark_master)
+run_engine = "local"
+# Spark master: 'local[*]' (every core here), 'local[N]', 'spark://host:7077', 'yarn',
+# 'k8s://https://host:443', a Spark Connect 'sc://host:15002', or '' (the one spark-submit or the
+# running session set)
+spark_master = "local[*]"
+# tasks the image list is cut into (0 = one per core Spark offers, more so that none holds over
+# 10,000 images)
+spark_partitions = 0
+# Spark settings as spark-submit's --conf takes them, 'key=value' (e.g.
+# ['spark.executor.memory=8g']; on the command line comma-separated)
+spark_conf = []
+# MLflow model that batch scoring on Spark applies (mlflow.pyfunc.spark_udf), e.g.
+# 'models:/<name>/<version>' ('' = the trained model under proc/<datasetName>/)
+spark_modelUri = ""
+# Parquet table batch scoring on Spark writes ('' = results/<datasetName>/batchScores.parquet);
+# batch_inputDir may be a folder, any URL Spark reads, or a Parquet table with a path (and
+# content) column
+spark_batchOutput = ""
+
+# --- Run tracking and the model registry (MLflow) -------------------------------------------------
+# Each run of steps 1-5 is one MLflow run (parameters, metrics, plots, the model), and each
+# trained model a new version of a registered model (guide: docs/tracking.md). The default store
+# is a SQLite file under rootDir and needs no server: compare runs with mlflow ui
+# --backend-store-uri sqlite:///data/mlflow.db. A tracking failure is a warning, never a lost
+# result.
+
+# where runs and models are recorded: 'auto' = $MLFLOW_TRACKING_URI if set, else
+# sqlite:///<rootDir>/mlflow.db with artifacts in <rootDir>/mlartifacts/; '' = no tracking; or a
+# URI (sqlite:///path.db, http(s)://host:port of an MLflow server)
+mlflow_trackingUri = "auto"
+# MLflow experiment the runs go to ('' = datasetName)
+mlflow_experimentName = ""
+# registered model each trained model becomes a new version of ('' = imgclass-<datasetName>)
+mlflow_registeredModelName = ""
+# model scripts/6_deploy.py serves and scripts/7_batchScore.py applies: '' = the files steps 2-4
+# wrote to proc/<datasetName>/; or an MLflow model: models:/<name>/<version>,
+# models:/<name>@champion, runs:/<run id>/model, or a model folder
+deploy_modelUri = ""

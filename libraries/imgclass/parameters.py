@@ -76,6 +76,14 @@ DNN = Section("Pretrained DNN and its refinement",
               "for in resources/models/, then torch hub's cache, then downloaded; 'efficientnet_lite0' ships with its "
               "pip package (works offline). Refinement (classifier 'dnn' or 'svmDnnRefined') trains a new last layer, "
               "and the backbone unless rf_boFreezeWeights, on the training images.")
+RECIPE = Section("Refinement recipe, test-time augmentation, automatic choice",
+                 "rf_recipe = 'lpft' (the default) first fits the new last layer on the frozen network's features "
+                 "(the linear probe: seconds), then fine-tunes the whole network from it (rf_ft*); 'original' is "
+                 "the CNTK tutorial's recipe (rf_maxEpochs, rf_lrPerMb, rf_dropoutRate). Both stop early when the "
+                 "validation part of the training set stops improving. classifier = 'auto' tries every backbone in "
+                 "rf_pretrainedModelFilename (a name or a list) with each of auto_classifiers and keeps the best "
+                 "on the validation part of the training set; the test set is used once, at the end "
+                 "(docs/refinement.md).")
 SVM = Section("Linear SVM", "C is chosen by cross-validation on the training set; the test set plays no part in "
                             "the choice.")
 RUN = Section("Running the DNN", "Where and how the network runs: step 3, refinement, serving and batch scoring.")
@@ -95,7 +103,29 @@ SERVE = Section("Serving the model (scripts/6_deploy.py)",
                 "<key>' (the key is never written to a file or a log).")
 CLIENT = Section("The service's client (scripts/6_callWebservice.py)")
 BATCH = Section("Batch scoring (scripts/7_batchScore.py)",
-                "Classifies every image under a folder into a CSV and a SQLite table.")
+                "Classifies every image under a folder into a CSV and a results database (SQLite by default, "
+                "PostgreSQL the same way).")
+LABELING = Section("Labeling, least sure first (the /label and /results pages of scripts/6_deploy.py)",
+                   "The service's labeling page queues the images of the unlabeled folder, and labeled images the "
+                   "model disagrees with, least sure first; each decision moves the file (never deletes it), is "
+                   "logged in images/<datasetName>_labeling.csv and can be undone. The results page browses batch "
+                   "scoring's database (guide: docs/labeling.md).")
+SPARK = Section("Running on Apache Spark (steps 3 and 7)",
+                "With run_engine = 'spark', step 3 and batch scoring run the same featurizer and classifier on a "
+                "Spark cluster, or on this machine's cores (guide: docs/spark.md). Needs pip install "
+                "'imgclass[spark]' (PySpark, PyArrow) and a Java runtime; nothing else changes.")
+TRACKING = Section("Run tracking and the model registry (MLflow)",
+                   "Each run of steps 1-5 is one MLflow run (parameters, metrics, plots, the model), and each "
+                   "trained model a new version of a registered model (guide: docs/tracking.md). The default store "
+                   "is a SQLite file under rootDir and needs no server: compare runs with mlflow ui "
+                   "--backend-store-uri sqlite:///data/mlflow.db. A tracking failure is a warning, never a lost "
+                   "result.")
+
+
+def _tracking_uri(value: str) -> str | None:
+    if value in ("", "auto") or re.fullmatch(r"databricks(-uc)?|[A-Za-z][A-Za-z0-9+.-]*:.+", value):
+        return None
+    return "must be 'auto', '' (tracking off) or a URI such as sqlite:///path/mlflow.db or http://host:5000"
 
 
 def _param(section: Section, default: Any, help: str, choices: Sequence[Any] | None = None,
@@ -156,6 +186,38 @@ def _dataset_name(value: str) -> str | None:
     return None
 
 
+def _spark_master(value: str) -> str | None:
+    return None if not re.search(r"\s", value) else "must be a master URL without spaces, e.g. 'local[*]'"
+
+
+def _spark_conf(values: list[str]) -> str | None:
+    keys = [v.split("=", 1)[0].strip() for v in values]
+    if any("=" not in v or not key or re.search(r"\s", key) for v, key in zip(values, keys)):
+        return "every value must be 'key=value' with a key without spaces, e.g. 'spark.executor.memory=8g'"
+    if len(set(keys)) != len(keys):
+        return "sets a key twice"
+    return None
+
+
+def _backbone_or_list(value: str | list[str]) -> str | None:
+    """A backbone name or path, or a non-empty list of them (``classifier = 'auto'`` tries each)."""
+    if isinstance(value, str):
+        return check_backbone_value(value)
+    if not value:
+        return "must be a backbone name or a non-empty list of them"
+    problems = [f"{name!r} {message}" for name in value if (message := check_backbone_value(name))]
+    if problems:
+        return "lists a name that is no backbone: " + problems[0]
+    return None if len(set(value)) == len(value) else "lists a backbone twice"
+
+
+def _auto_classifiers(values: list[str]) -> str | None:
+    allowed = ("svm", "dnn", "svmDnnRefined")
+    if not values or any(v not in allowed for v in values) or len(set(values)) != len(values):
+        return f"must be a non-empty list of distinct values from {', '.join(repr(a) for a in allowed)}"
+    return None
+
+
 def _device(value: str) -> str | None:
     if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         return None
@@ -205,8 +267,9 @@ class Parameters:
     rootDir: str = _param(DATA, "data", "root of images/, proc/ and results/; a relative path is relative to the "
                                         "parameters file's folder")
     classifier: str = _param(DATA, "svm", "'svm': fixed DNN features + linear SVM; 'dnn': the refined DNN itself; "
-                                          "'svmDnnRefined': SVM on the refined DNN's features",
-                             choices=("svm", "dnn", "svmDnnRefined"))
+                                          "'svmDnnRefined': SVM on the refined DNN's features; 'auto': the best of "
+                                          "auto_classifiers x backbones on the training set",
+                             choices=("svm", "dnn", "svmDnnRefined", "auto"))
     ratioTrainTest: float = _param(DATA, 0.75, "fraction of each class's images used for training",
                                    check=_open_unit_interval)
     imagesSplitBy: str = _param(DATA, "filename", "'filename': split individual files; 'subdir': keep each "
@@ -214,11 +277,12 @@ class Parameters:
                                 choices=("filename", "subdir"))
     randomSeed: int = _param(DATA, 0, "seed of every random choice (split, CV folds, training)")
 
-    rf_pretrainedModelFilename: str = _param(
+    rf_pretrainedModelFilename: str | list[str] = _param(
         DNN, "resnet18", "backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0' (works offline), any "
                          "torchvision classification model name (e.g. 'convnext_tiny', 'vit_b_16'; see "
-                         "docs/backbones.md), or a path to a .pth state dict whose file name starts with one",
-        check=check_backbone_value)
+                         "docs/backbones.md), or a path to a .pth state dict whose file name starts with one; "
+                         "with classifier 'auto' also a list of them (on the command line comma-separated)",
+        check=_backbone_or_list)
     rf_inputResolution: int = _param(DNN, 224, "network input width = height in pixels (the original's misspelling "
                                                "rf_inputResoluton is accepted)", check=_resolution)
     rf_resizeMode: str = _param(DNN, "pad", "'pad': scale the longer side and pad to a square with the mean colour "
@@ -247,6 +311,29 @@ class Parameters:
     rf_augColorJitter: float = _param(DNN, 0.2, "training augmentation: brightness/contrast/saturation jitter "
                                                 "strength (0 = off)",
                                       check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+
+    rf_recipe: str = _param(RECIPE, "lpft", "'lpft': linear probe on frozen features, then fine-tune everything "
+                                            "from it; 'original': the tutorial's recipe (random head, whole "
+                                            "network from the start)", choices=("lpft", "original"))
+    rf_ftEpochs: int = _param(RECIPE, 8, "'lpft': fine-tuning epochs, the length of the warm-up + cosine schedule "
+                                         "(0 = the linear probe only)", check=_non_negative)
+    rf_ftLearningRate: float = _param(RECIPE, 0.01, "'lpft': the new last layer's peak learning rate (SGD with "
+                                                    "rf_momentumPerMb, rf_l2RegWeight)", check=_positive)
+    rf_ftBackboneLrFactor: float = _param(RECIPE, 0.1, "'lpft': the backbone learns at this fraction of "
+                                                       "rf_ftLearningRate",
+                                          check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
+    rf_warmupEpochs: float = _param(RECIPE, 1.0, "'lpft': epochs of linear learning-rate warm-up",
+                                    check=_non_negative)
+    rf_earlyStopPatience: int = _param(RECIPE, 3, "stop refining after this many epochs without a better "
+                                                  "validation error or loss (0 = never; both recipes)",
+                                       check=_non_negative)
+    run_tta: str = _param(RECIPE, "none", "test-time augmentation, stored with the DNN by step 2 and applied "
+                                          "wherever it runs (step 3, serving, batch scoring, Spark): 'none', or "
+                                          "'flip' (the mean of the features of the image and of its mirror; "
+                                          "twice the compute)", choices=("none", "flip"))
+    auto_classifiers: list[str] = _param(RECIPE, ["svm", "dnn", "svmDnnRefined"],
+                                         "classifier 'auto': the modes tried with each backbone",
+                                         check=_auto_classifiers)
 
     svm_CVals: list[float] = _param(SVM, [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0],
                                     "SVM regularisation values C to choose from", check=_positive_list,
@@ -350,8 +437,59 @@ class Parameters:
     batch_inputDir: str = _param(BATCH, "", "folder whose images (recursively) are classified "
                                             "('' = images/<datasetName>/; a relative path is from the current folder)")
     batch_outputCsv: str = _param(BATCH, "", "CSV written ('' = results/<datasetName>/batchScores.csv)")
-    batch_database: str = _param(BATCH, "", "SQLite database the rows are added to "
+    batch_database: str = _param(BATCH, "", "results database the rows are added to: a SQLAlchemy URL (e.g. "
+                                            "postgresql://user:password@host/dbname) or a SQLite file path "
                                             "('' = results/<datasetName>/batchScores.sqlite)")
+
+    label_unlabeledFolder: str = _param(LABELING, "", "folder under <rootDir>/images/ whose images wait for a "
+                                                      "label ('' = <datasetName>_unlabeled)",
+                                        check=lambda v: None if v == "" else _dataset_name(v))
+    label_reviewLabeled: str = _param(LABELING, "disagree", "labeled images queued too: 'disagree' (the model "
+                                                            "gives another class), 'all' (every one not yet "
+                                                            "confirmed, e.g. a scraped set), 'none'",
+                                      choices=("disagree", "all", "none"))
+    label_uncertainty: str = _param(LABELING, "margin", "how unsure the model is: 'margin' (1 - the gap between "
+                                                        "the two most probable classes) or 'entropy' of the "
+                                                        "calibrated probabilities", choices=("margin", "entropy"))
+    label_queueSize: int = _param(LABELING, 200, "images the labeling page holds at most at a time (the least "
+                                                 "sure)", check=_positive)
+    label_retrainArgs: list[str] = _param(LABELING, [], "--key=value overrides for the page's retraining (python "
+                                                        "-m imgclass run with the service's parameters file), e.g. "
+                                                        "['--rf_pretrainedModelFilename=efficientnet_lite0']",
+                                          check=_string_list)
+
+    run_engine: str = _param(SPARK, "local", "where steps 3 and 7 run: 'local' (this machine's processes) or "
+                                             "'spark' (a Spark session at spark_master)", choices=("local", "spark"))
+    spark_master: str = _param(SPARK, "local[*]", "Spark master: 'local[*]' (every core here), 'local[N]', "
+                                                  "'spark://host:7077', 'yarn', 'k8s://https://host:443', a Spark "
+                                                  "Connect 'sc://host:15002', or '' (the one spark-submit or the "
+                                                  "running session set)", check=_spark_master)
+    spark_partitions: int = _param(SPARK, 0, "tasks the image list is cut into (0 = one per core Spark offers, "
+                                             "more so that none holds over 10,000 images)", check=_non_negative)
+    spark_conf: list[str] = _param(SPARK, [], "Spark settings as spark-submit's --conf takes them, 'key=value' "
+                                              "(e.g. ['spark.executor.memory=8g']; on the command line "
+                                              "comma-separated)", check=_spark_conf)
+    spark_modelUri: str = _param(SPARK, "", "MLflow model that batch scoring on Spark applies "
+                                            "(mlflow.pyfunc.spark_udf), e.g. 'models:/<name>/<version>' ('' = the "
+                                            "trained model under proc/<datasetName>/)")
+    spark_batchOutput: str = _param(SPARK, "", "Parquet table batch scoring on Spark writes ('' = "
+                                               "results/<datasetName>/batchScores.parquet); batch_inputDir may be a "
+                                               "folder, any URL Spark reads, or a Parquet table with a path (and "
+                                               "content) column")
+
+    mlflow_trackingUri: str = _param(TRACKING, "auto", "where runs and models are recorded: 'auto' = "
+                                                       "$MLFLOW_TRACKING_URI if set, else "
+                                                       "sqlite:///<rootDir>/mlflow.db with artifacts in "
+                                                       "<rootDir>/mlartifacts/; '' = no tracking; or a URI "
+                                                       "(sqlite:///path.db, http(s)://host:port of an MLflow server)",
+                                     check=_tracking_uri)
+    mlflow_experimentName: str = _param(TRACKING, "", "MLflow experiment the runs go to ('' = datasetName)")
+    mlflow_registeredModelName: str = _param(TRACKING, "", "registered model each trained model becomes a new "
+                                                           "version of ('' = imgclass-<datasetName>)")
+    deploy_modelUri: str = _param(TRACKING, "", "model scripts/6_deploy.py serves and scripts/7_batchScore.py "
+                                                "applies: '' = the files steps 2-4 wrote to proc/<datasetName>/; or "
+                                                "an MLflow model: models:/<name>/<version>, models:/<name>@champion, "
+                                                "runs:/<run id>/model, or a model folder")
 
     # --- not user parameters: where the values came from -------------------
     parametersFile: str = field(default="", metadata={"internal": True})
@@ -432,7 +570,8 @@ def sections() -> list[tuple[Section, list[str]]]:
 def _type_name(annotation: Any) -> str:
     """The type with its article, for messages: 'an integer', 'a list of numbers'."""
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-            list[str]: "a list of strings"}.get(annotation, "a list of numbers")
+            list[str]: "a list of strings", str | list[str]: "a string or a list of strings"}.get(
+        annotation, "a list of numbers")
 
 
 def _did_you_mean(name: str) -> str:
@@ -468,6 +607,15 @@ def coerce_value(name: str, value: Any) -> Any:
     elif annotation is str:
         if not isinstance(value, str):
             raise ParameterError(problem)
+    elif annotation == str | list[str]:  # one string, or a list of them (kept as given: one is not a list of one)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, (str, list)) or (isinstance(value, list)
+                                                  and any(not isinstance(v, str) for v in value)):
+            raise ParameterError(problem)
+        if isinstance(value, list) and len(value) > MAX_LIST_ITEMS:
+            raise ParameterError(f"parameter '{name}' has {len(value):,} items; at most {MAX_LIST_ITEMS:,} "
+                                 "are allowed")
     else:  # a list of strings or of numbers; one value is a list of one
         item_types: tuple[type, ...] = (str,) if annotation == list[str] else (int, float)
         if isinstance(value, item_types) and not isinstance(value, bool):
@@ -514,6 +662,8 @@ def parse_override(text: str) -> tuple[str, Any]:
             raise ParameterError(f"parameter '{key}' must be true or false, got {_shorten(repr(raw))}")
     elif annotation == list[str] and not raw.strip().startswith(("[", "(")):
         value = [part.strip() for part in raw.split(",") if part.strip()]
+    elif annotation == str | list[str] and not raw.strip().startswith(("[", "(")):  # a,b is a list; a alone is not
+        value = [part.strip() for part in raw.split(",") if part.strip()] if "," in raw else raw
     else:
         try:
             if annotation is list[float] and not raw.strip().startswith(("[", "(")):  # 0.1,1,10
