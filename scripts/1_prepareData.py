@@ -10,16 +10,18 @@ labels.json.
 import sys
 from pathlib import Path
 
-from imgclass.cli import parse_step, run_main
-from imgclass.pipeline.prepare import STEP, prepare_data
+from imgclass.cli import parse_step, run_main, run_step
+from imgclass.pipeline.prepare import STEP
+from imgclass.tracking import tracked
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> None:
-    params = parse_step(argv, STEP, __doc__, PROJECT_DIR)
-    report = prepare_data(params)
+    step = tracked(STEP)  # step 1 and the run-tracking parameters (the step runs inside its MLflow run)
+    params = parse_step(argv, step, __doc__, PROJECT_DIR)
+    report = run_step(step, params)
     print(report.summary())
 
 

@@ -12,16 +12,18 @@ results/<datasetName>/dnnTraining.csv and dnnTraining.png.
 import sys
 from pathlib import Path
 
-from imgclass.cli import parse_step, run_main
-from imgclass.pipeline.build import STEP, build_featurizer
+from imgclass.cli import parse_step, run_main, run_step
+from imgclass.pipeline.build import STEP
+from imgclass.tracking import tracked
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> None:
-    params = parse_step(argv, STEP, __doc__, PROJECT_DIR)
-    report = build_featurizer(params, progress=sys.stderr.isatty())
+    step = tracked(STEP)  # step 2 and the run-tracking parameters (the step runs inside its MLflow run)
+    params = parse_step(argv, step, __doc__, PROJECT_DIR)
+    report = run_step(step, params, progress=sys.stderr.isatty())
     print(report.summary())
 
 

@@ -8,16 +8,18 @@ confusion_matrix.png, per_class_accuracy.png and examples.png.
 import sys
 from pathlib import Path
 
-from imgclass.cli import parse_step, run_main
-from imgclass.pipeline.evaluate import STEP, evaluate
+from imgclass.cli import parse_step, run_main, run_step
+from imgclass.pipeline.evaluate import STEP
+from imgclass.tracking import tracked
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> None:
-    params = parse_step(argv, STEP, __doc__, PROJECT_DIR)
-    report = evaluate(params)
+    step = tracked(STEP)  # step 5 and the run-tracking parameters (the step runs inside its MLflow run)
+    params = parse_step(argv, step, __doc__, PROJECT_DIR)
+    report = run_step(step, params)
     print(report.summary())
 
 

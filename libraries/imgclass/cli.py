@@ -110,11 +110,42 @@ def registered_steps() -> tuple["StepSpec", ...]:
     them, used to say which script reads an override that the running one
     does not.
     """
-    from imgclass import pipeline
     from imgclass.data import dedup, download, scraping
     from imgclass.serve import batch, client, service
 
-    return (download.STEP, *pipeline.STEPS, service.STEP, client.STEP, batch.STEP, scraping.STEP, dedup.STEP)
+    return (download.STEP, *pipeline_steps(), service.STEP, client.STEP, batch.STEP, scraping.STEP, dedup.STEP)
+
+
+def pipeline_steps() -> tuple["StepSpec", ...]:
+    """Steps 1-5 as they run: each also reads the run-tracking parameters (:func:`run_step` tracks it)."""
+    from imgclass import pipeline
+    from imgclass.tracking import tracked
+
+    return tuple(tracked(step) for step in pipeline.STEPS)
+
+
+def run_step(step: "StepSpec", params: "Parameters", progress: bool = False) -> Any:
+    """Run one of steps 1-5 inside the dataset's MLflow run and return its report.
+
+    The one place where steps run (scripts 1-5 and ``python -m imgclass run``):
+    :class:`~imgclass.tracking.runs.StepTracker` starts (step 1) or resumes
+    (steps 2-5) the run, and logs what the step did after its files are
+    written; a tracking failure is a warning, never a failed step.
+    """
+    from imgclass import pipeline
+    from imgclass.tracking.runs import StepTracker
+
+    functions: dict[str, Callable[[], Any]] = {
+        "prepare": lambda: pipeline.prepare_data(params),
+        "build": lambda: pipeline.build_featurizer(params, progress=progress),
+        "featurize": lambda: pipeline.featurize_dataset(params, progress=progress),
+        "train": lambda: pipeline.train_classifier(params),
+        "evaluate": lambda: pipeline.evaluate(params),
+    }
+    with StepTracker(params, step) as tracker:
+        report = functions[step.name]()
+        tracker.record(report)
+    return report
 
 
 def unused_override_warnings(keys: Iterable[str], reads: Collection[str], user: str) -> list[str]:
@@ -183,23 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_pipeline(argv: list[str]) -> None:
     """``python -m imgclass run``: steps 1-5 in this process, each printing what its script prints."""
-    from imgclass import pipeline
     from imgclass.layout import DatasetLayout
 
-    params = parse_steps(argv, pipeline.STEPS, "Run steps 1-5 (split, build the DNN, featurize, train the SVM, "
+    steps = pipeline_steps()
+    params = parse_steps(argv, steps, "Run steps 1-5 (split, build the DNN, featurize, train the SVM, "
                          "evaluate) in one process.", None, RUN_LABEL)
     progress = sys.stderr.isatty()
-    calls: dict[str, Callable[[], Any]] = {
-        "prepare": lambda: pipeline.prepare_data(params),
-        "build": lambda: pipeline.build_featurizer(params, progress=progress),
-        "featurize": lambda: pipeline.featurize_dataset(params, progress=progress),
-        "train": lambda: pipeline.train_classifier(params),
-        "evaluate": lambda: pipeline.evaluate(params),
-    }
     start = time.perf_counter()
-    for step in pipeline.STEPS:
+    for step in steps:
         print(f"== {step.label[0].upper()}{step.label[1:]}: {step.summary} ({step.script})", flush=True)
-        print(calls[step.name]().summary(), flush=True)
+        print(run_step(step, params, progress).summary(), flush=True)
     print(f"== Steps 1-5 done in {time.perf_counter() - start:.1f} s; results in "
           f"{DatasetLayout.from_parameters(params).results_dir}")
 

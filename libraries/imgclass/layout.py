@@ -178,6 +178,12 @@ class DatasetLayout:
         """Step 5's plots, in the order a reader wants them."""
         return (self.roc_curves_png, self.confusion_matrix_png, self.per_class_accuracy_png, self.examples_png)
 
+    # --- run tracking (MLflow) -------------------------------------------------------
+    @property
+    def mlflow_run_json(self) -> Path:
+        """JSON ``run_id``, ``tracking_uri``, ``experiment_id``: the MLflow run step 1 started, resumed by steps 2-5."""
+        return self.proc_dir / "mlflow_run.json"
+
     # --- scripts 6-7: batch scoring -------------------------------------------------
     @property
     def batch_scores_csv(self) -> Path:

@@ -38,7 +38,7 @@ from imgclass.serve.database import COLUMNS, TABLE, ResultsDatabase, database_ur
 STEP = StepSpec("batch", "scripts/7_batchScore.py",
                 "classify every image under a folder into a CSV and a results database (resumable)",
                 ("datasetName", "rootDir", "batch_inputDir", "batch_outputCsv", "batch_database", "run_mbSize",
-                 "run_device", "run_precision", "run_workers"))
+                 "run_device", "run_precision", "run_workers", "deploy_modelUri", "mlflow_trackingUri"))
 
 
 class FilePredictor(Protocol):
@@ -194,11 +194,11 @@ def score_images(params: Parameters, progress: bool = False) -> BatchReport:
     database ``batchScores.sqlite`` (see :class:`~imgclass.layout.DatasetLayout`);
     ``batch_database`` may name another SQLite file or any SQLAlchemy URL (PostgreSQL).
     """
-    from imgclass.serve.predictor import load_predictor
+    from imgclass.serve.pyfunc import load_deployed_predictor
 
     layout = DatasetLayout.from_parameters(params)
     input_dir = Path(params.batch_inputDir) if params.batch_inputDir else layout.images_dir
     csv_path = Path(params.batch_outputCsv) if params.batch_outputCsv else layout.batch_scores_csv
     database = database_url(params.batch_database, layout.batch_scores_sqlite)
-    predictor = load_predictor(layout, params.run_device, params.run_precision, params.run_workers)
+    predictor = load_deployed_predictor(params, params.run_workers)  # deploy_modelUri, or proc/<ds>/
     return score_folder(predictor, input_dir, csv_path, database, params.run_mbSize, progress)

@@ -6,12 +6,11 @@ Importing this module is cheap; the model, FastAPI and uvicorn are loaded by :fu
 
 from __future__ import annotations
 
-from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
 
 STEP = StepSpec("serve", "scripts/6_deploy.py", "serve the trained model over HTTP (REST API + web page)",
                 ("datasetName", "rootDir", "run_device", "run_precision", "deploy_host", "deploy_port",
-                 "deploy_maxRequestBytes", "deploy_maxImages", "deploy_topK"))
+                 "deploy_maxRequestBytes", "deploy_maxImages", "deploy_topK", "deploy_modelUri", "mlflow_trackingUri"))
 
 
 def serve(params: Parameters) -> None:
@@ -19,9 +18,9 @@ def serve(params: Parameters) -> None:
     import uvicorn
 
     from imgclass.serve.app import ServiceSettings, create_app, describe_settings, warm_up
-    from imgclass.serve.predictor import load_predictor
+    from imgclass.serve.pyfunc import load_deployed_predictor
 
-    predictor = load_predictor(DatasetLayout.from_parameters(params), params.run_device, params.run_precision)
+    predictor = load_deployed_predictor(params)  # deploy_modelUri: a registered MLflow model, or proc/<ds>/
     settings = ServiceSettings.from_parameters(params)
     print(f"Model {predictor.model_name} (version {predictor.model_version}), {len(predictor.labels)} labels, "
           f"on {predictor.device}")
