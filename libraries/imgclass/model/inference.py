@@ -12,6 +12,18 @@ notebooks) all run networks through this module:
   images that are already decoded (the service): channels-last, in chunks on
   the CPU, under the caller's precision;
 - :class:`DevicePlan` says how batches travel to the device.
+
+Batch invariance: on the CPU, the loop runs the network on chunks of exactly
+:data:`CPU_FORWARD_BATCH` images, padding a short last chunk with blank
+images whose outputs are dropped. An image's features then come out of the
+same kernels whatever ``run_mbSize``, ``run_workers`` (and so the threads per
+process) or its position in the dataset are, so the same images and
+parameters give bit-identical features and ``metrics.json``. Without it they
+did not: oneDNN picks different fp32 kernels for different batch sizes and
+thread counts, and with worker processes (one thread each instead of the
+main process's two) every fp32 feature of the demo changed in its last
+bits, small differences that can tip which C cross-validation picks
+(tests/test_inference.py checks the invariance).
 """
 
 from __future__ import annotations
@@ -46,6 +58,11 @@ class DevicePlan:
     kernels prefer. CPU: the forward pass takes at most
     :data:`CPU_FORWARD_BATCH` images at a time, so activations stay in cache
     (faster than whole batches on the development machine: BENCHMARKS.md).
+
+    ``pad_chunks`` (``batch_invariant=True``, what :func:`infer` asks for on
+    the CPU): every chunk is padded to exactly that size, so results do not
+    depend on how images were batched. The service's plan leaves it off: a
+    one-image request would otherwise pay for 16.
     """
 
     device: torch.device
@@ -55,12 +72,16 @@ class DevicePlan:
     cudnn_benchmark: bool
     #: the network runs on chunks of at most this many images of a batch (None: the whole batch)
     max_forward_batch: int | None = None
+    #: pad a short chunk to ``max_forward_batch`` images (batch-invariant outputs; see :func:`run_network`)
+    pad_chunks: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "DevicePlan":
+    def for_device(cls, device: torch.device, batch_invariant: bool = False) -> "DevicePlan":
+        """The plan for ``device``; ``batch_invariant``: on the CPU, pad every chunk to the same size."""
         cuda, cpu = device.type == "cuda", device.type == "cpu"
         return cls(device, pin_memory=cuda, non_blocking=cuda, channels_last=device.type != "mps",
-                   cudnn_benchmark=cuda, max_forward_batch=CPU_FORWARD_BATCH if cpu else None)
+                   cudnn_benchmark=cuda, max_forward_batch=CPU_FORWARD_BATCH if cpu else None,
+                   pad_chunks=cpu and batch_invariant)
 
     def prepare(self, network: nn.Module) -> nn.Module:
         """``network`` on the device, in the memory layout its inputs will have."""
@@ -78,12 +99,21 @@ def run_network(network: nn.Module, images_nhwc: torch.Tensor, plan: DevicePlan)
 
     The caller chooses gradients and precision (``torch.inference_mode()``,
     :func:`~imgclass.model.runtime.autocast`); ``network`` comes from
-    :meth:`DevicePlan.prepare`.
+    :meth:`DevicePlan.prepare`. With ``plan.pad_chunks`` every chunk has
+    exactly ``plan.max_forward_batch`` images: a short one is padded with
+    blank images (their outputs are dropped), so each image's output is the
+    same whatever batch it arrived in (see the module docstring).
     """
     chunk = plan.max_forward_batch or len(images_nhwc)
-    if len(images_nhwc) <= chunk:
+    if len(images_nhwc) == 0:
         return network(plan.to_network_input(images_nhwc))
-    return torch.cat([network(plan.to_network_input(part)) for part in images_nhwc.split(chunk)])
+    outputs = []
+    for part in images_nhwc.split(chunk):
+        count = len(part)
+        if plan.pad_chunks and count < chunk:
+            part = torch.cat([part, part.new_zeros((chunk - count, *part.shape[1:]))])
+        outputs.append(network(plan.to_network_input(part))[:count])
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 class OutputBatch(NamedTuple):
@@ -132,7 +162,7 @@ class _NetworkOutputs(Dataset):
         images, batch_indices, errors = self.dataset.__getitems__(indices)
         cpu = torch.device("cpu")
         with torch.inference_mode(), autocast(cpu, self.dtype):
-            output = run_network(self.network, images, DevicePlan.for_device(cpu)).float()
+            output = run_network(self.network, images, DevicePlan.for_device(cpu, batch_invariant=True)).float()
         release_free_memory()
         return output, batch_indices, errors
 
@@ -201,10 +231,16 @@ def infer(network: nn.Module, dataset: ImageDataset, batch_size: int = 32, runti
 
     Gradient and precision settings apply per batch, never while the caller
     holds a yielded batch.
+
+    On the CPU the outputs are batch-invariant: the same whatever
+    ``batch_size`` and worker processes (see the module docstring). A
+    ``batch_size`` that is a multiple of :data:`CPU_FORWARD_BATCH` wastes no
+    work on padding. On a GPU, cuDNN autotuning may pick other kernels in
+    another process, so features agree to rounding, not bit for bit.
     """
     runtime = runtime or Runtime()
     device = runtime.device
-    plan = DevicePlan.for_device(device)
+    plan = DevicePlan.for_device(device, batch_invariant=True)
     network = plan.prepare(network.eval())
     workers = runtime.workers("inference", -(-len(dataset) // batch_size))
     with tqdm(total=len(dataset), desc="inference", unit="img", disable=not progress, leave=False) as bar:
@@ -228,11 +264,23 @@ def infer(network: nn.Module, dataset: ImageDataset, batch_size: int = 32, runti
             yield _finish(pending)
 
 
-def images_to_batch(images: Sequence[Image.Image], transform: ImageTransform) -> torch.Tensor:
-    """Already-decoded images -> one ``(B, R, R, 3)`` uint8 batch, laid out as :class:`ImageDataset` builds it."""
+def images_to_batch(images: Sequence[Image.Image | np.ndarray], transform: ImageTransform) -> torch.Tensor:
+    """Already-decoded images -> one ``(B, R, R, 3)`` uint8 batch, laid out as :class:`ImageDataset` builds it.
+
+    An item that is already an ``(R, R, 3)`` uint8 array was transformed by
+    the caller and is copied as it is: the service transforms each image as
+    soon as it is decoded, so that a request never holds more than one
+    full-size decoded image.
+    """
     side = transform.resolution
     batch = torch.empty((len(images), side, side, 3), dtype=torch.uint8)
     for slot, image in zip(batch.numpy(), images):
-        transform.to_array(image, slot)
+        if isinstance(image, np.ndarray):
+            if image.shape != slot.shape or image.dtype != np.uint8:
+                raise ValueError(f"a transformed image must be a {slot.shape} uint8 array, got {image.shape} "
+                                 f"{image.dtype}")
+            slot[...] = image
+        else:
+            transform.to_array(image, slot)
     return batch
 
