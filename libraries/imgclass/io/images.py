@@ -6,21 +6,58 @@ transparency, palette and 16-bit modes, truncated files and decompression
 bombs are handled the same way everywhere. A file that cannot be decoded
 raises :class:`UnreadableImageError` with the reason, which callers report
 and skip instead of crashing.
+
+Images are untrusted input (uploads, scraped files, a shared dataset), so
+decoding is bounded before any pixel is decoded:
+
+- only the formats of :data:`DECODED_FORMATS` are opened (Pillow knows many
+  more, some of which run external programs, e.g. EPS through Ghostscript);
+- the size in the header is checked against a pixel budget (``max_pixels``)
+  *after* reduced-scale JPEG decoding is set up, i.e. against what will
+  really be decoded: a 27 KB PNG that says 13000 x 13000 is refused before
+  its 169 million pixels are inflated, a baseline JPEG of that size is
+  decoded at 1/8 scale. A progressive JPEG's full size counts (libjpeg holds
+  all its coefficients whatever the scale it decodes at). The
+  pipeline's default is :data:`DEFAULT_MAX_PIXELS`; the service passes
+  ``images_maxPixels``;
+- no decoded copy is made that is not needed (an RGB image is returned as
+  decoded; EXIF rotation happens in place).
+
+No process-global state is changed per call: ``warnings.catch_warnings()``
+is not thread-safe (a burst of concurrent requests once left an ``error``
+filter behind that turned later large images into HTTP 500s). Pillow's own
+limits stay as they are: above ``2 * Image.MAX_IMAGE_PIXELS`` it raises
+:class:`~PIL.Image.DecompressionBombError`, above ``Image.MAX_IMAGE_PIXELS``
+it warns (through the process's warning filters); both, and anything else a
+malformed file makes Pillow raise, become :class:`UnreadableImageError`.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
+from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from imgclass.errors import ImgClassError
 
 #: File extensions treated as images (lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+#: The formats decoded (Pillow's names), those of :data:`IMAGE_EXTENSIONS`; JPEG includes MPO, the
+#: multi-picture JPEG some cameras write. A file in any other format is unreadable, whatever its extension says.
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+
+#: Formats that can be decoded at 1/2, 1/4 or 1/8 scale (``draft_size``).
+_DRAFT_FORMATS = ("JPEG", "MPO")
+
+#: Pixel budget of the pipeline (files of the user's own dataset, batch scoring, downloads), counted after
+#: reduced-scale JPEG decoding: Pillow's own warning threshold (about 89.5 MP, 268 MB as RGB), so a camera's
+#: 100 MP JPEG still decodes at reduced scale while a 200 MP PNG does not. The service has its own, smaller
+#: budget (``images_maxPixels``).
+DEFAULT_MAX_PIXELS = 89_478_485
 
 #: Transparent pixels are composited onto this colour (white, like a page).
 BACKGROUND_RGB = (255, 255, 255)
@@ -30,6 +67,10 @@ class UnreadableImageError(ImgClassError):
     """A file is not a decodable image (corrupt, truncated, not an image, too large)."""
 
 
+class ImageTooLargeError(UnreadableImageError):
+    """An image has more pixels than the decoding budget allows (found in its header, before decoding)."""
+
+
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """True if the file name has an image extension (the content is checked on decoding)."""
     name = os.fspath(path)
@@ -37,40 +78,64 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
 
 
 def flatten_to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND_RGB) -> Image.Image:
-    """Return an RGB copy of ``image``; transparency is composited onto ``background``.
+    """``image`` as 8-bit RGB; transparency is composited onto ``background``.
 
     Palette images with a transparent colour, LA/RGBA, 16-bit greyscale and
-    CMYK all end up as 8-bit RGB.
+    CMYK all end up as 8-bit RGB. An RGB image is returned as it is (no copy).
     """
+    if image.mode == "RGB":
+        return image
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = image.point(lambda v: v / 256).convert("L")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, background)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _finish_decoding(image: Image.Image, source: str, draft_size: tuple[int, int] | None) -> Image.Image:
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+def _progressive(image: Image.Image) -> bool:
+    """A progressive JPEG: libjpeg holds all its coefficients in memory whatever the scale it decodes at
+    (a 90 MP one took 267 MB at 1/8 scale, a baseline one 9 MB), so its full size counts against the budget."""
+    return bool(image.info.get("progressive") or image.info.get("progression"))
+
+
+def _decode(file: BinaryIO, source: str, draft_size: tuple[int, int] | None, max_pixels: int) -> Image.Image:
+    """Open, check the pixel budget, decode (at reduced scale where possible) and flatten to RGB."""
     try:
-        if draft_size is not None and image.format == "JPEG":
+        # Pillow raises many exception types for a malformed file (OSError, SyntaxError, struct.error,
+        # IndexError, ...), and DecompressionBombError/Warning for bombs: for untrusted bytes every one of
+        # them means "unreadable". Only Pillow's calls are inside this try.
+        image = Image.open(file, formats=DECODED_FORMATS)
+        width, height = image.size  # what decoding will cost, in pixels
+        if draft_size is not None and image.format in _DRAFT_FORMATS:
             # Decode large JPEGs at 1/2, 1/4 or 1/8 scale: still >= draft_size on
             # both sides, far cheaper than a full decode followed by a resize.
             image.draft("RGB", draft_size)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = ImageOps.exif_transpose(image)
-            image.load()
+            if not _progressive(image):  # a progressive one costs its full size whatever the scale
+                width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"cannot decode {source}: {width}x{height} pixels "
+                                     f"({_megapixels(width * height)}) is over the limit of "
+                                     f"{_megapixels(max_pixels)}")
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
         return flatten_to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except UnreadableImageError:
+        raise
+    except Exception as exc:  # DecompressionBombWarning too, where warning filters make it an error
         raise UnreadableImageError(f"cannot decode {source}: {exc}") from exc
 
 
-def load_rgb(path: str | os.PathLike[str], draft_size: tuple[int, int] | None = None) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str], draft_size: tuple[int, int] | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image file as 8-bit RGB with EXIF orientation applied.
 
     Parameters
@@ -80,25 +145,24 @@ def load_rgb(path: str | os.PathLike[str], draft_size: tuple[int, int] | None = 
     draft_size:
         If given, JPEGs are decoded at the smallest power-of-two reduction that
         is still at least this size (both sides); other formats are unaffected.
+    max_pixels:
+        Larger images (width x height as decoded, i.e. after the JPEG
+        reduction) raise :class:`ImageTooLargeError` before they are decoded.
     """
     try:
-        image = Image.open(path)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        file = open(path, "rb")
+    except OSError as exc:
         raise UnreadableImageError(f"cannot decode {path}: {exc}") from exc
-    with image:
-        return _finish_decoding(image, str(path), draft_size)
+    with file:
+        return _decode(file, str(path), draft_size, max_pixels)
 
 
-def decode_image_bytes(data: bytes, source: str = "image data",
-                       draft_size: tuple[int, int] | None = None) -> Image.Image:
+def decode_image_bytes(data: bytes, source: str = "image data", draft_size: tuple[int, int] | None = None,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes (a download or an upload) to RGB, like :func:`load_rgb`."""
     if not data:
         raise UnreadableImageError(f"cannot decode {source}: it is empty")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(f"cannot decode {source}: {exc}") from exc
-    return _finish_decoding(image, source, draft_size)
+    return _decode(io.BytesIO(data), source, draft_size, max_pixels)
 
 
 def shrink_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
