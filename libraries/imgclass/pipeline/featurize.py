@@ -11,7 +11,8 @@ from imgclass.parameters import Parameters, StepSpec
 from imgclass.pipeline.artifacts import read_split_rows
 
 STEP = StepSpec("featurize", "scripts/3_runDNN.py", "featurize every image of the split with the DNN of step 2",
-                ("datasetName", "rootDir", "classifier", "run_mbSize", "run_device", "run_workers", "run_precision"))
+                ("datasetName", "rootDir", "classifier", "run_mbSize", "run_device", "run_workers", "run_precision",
+                 "run_engine", "spark_master", "spark_partitions", "spark_conf"))
 
 FEATURES_CSV_COLUMNS = ("row", "path", "label", "split", "ok")
 
@@ -73,6 +74,7 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     from imgclass.model.featurizer import Featurizer
     from imgclass.model.inference import infer
     from imgclass.model.runtime import Runtime
+    from imgclass.spark.featurize import featurize_on_spark
 
     layout = DatasetLayout.from_parameters(params)
     rows = read_split_rows(layout)
@@ -91,7 +93,9 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
         reusable.copy_into(writer.write)
         if len(todo):
             dataset = ImageDataset([layout.images_dir / paths[i] for i in todo], featurizer.transform)
-            for batch in infer(featurizer.network, dataset, params.run_mbSize, runtime, progress):
+            for batch in (infer(featurizer.network, dataset, params.run_mbSize, runtime, progress)
+                          if params.run_engine == "local" else  # run_engine='spark': the same batches from Spark
+                          featurize_on_spark(params, layout, featurizer, [rows[i] for i in todo], runtime)):
                 writer.write(todo[batch.indices], batch.outputs)
                 failures += [(int(todo[i]), message) for i, message in batch.failures]
     seconds = time.perf_counter() - start
