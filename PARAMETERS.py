@@ -96,9 +96,9 @@ rf_recipe = "lpft"
 # only)
 rf_ftEpochs = 8
 # 'lpft': the new last layer's peak learning rate (SGD with rf_momentumPerMb, rf_l2RegWeight)
-rf_ftLearningRate = 0.01
+rf_ftLearningRate = 0.005
 # 'lpft': the backbone learns at this fraction of rf_ftLearningRate
-rf_ftBackboneLrFactor = 0.1
+rf_ftBackboneLrFactor = 0.2
 # 'lpft': epochs of linear learning-rate warm-up
 rf_warmupEpochs = 1.0
 # stop refining after this many epochs without a better validation error or loss (0 = never; both
@@ -220,6 +220,28 @@ deploy_maxRequestBytes = 20_000_000
 deploy_maxImages = 16
 # labels returned per image by /predict (and shown by the web page)
 deploy_topK = 5
+
+# --- Service limits (scripts/6_deploy.py) ---------------------------------------------------------
+# Bounds that keep hostile or slow clients from taking the service down or filling its memory:
+# image size, concurrent decoding, connections and how long a client may take to send a request.
+# Threat model: SECURITY.md; a reverse proxy in front: docs/deployment.md.
+
+# largest image the service decodes, in pixels as decoded (a baseline JPEG counts at the reduced
+# scale it is decoded at); larger ones get HTTP 400 before any pixel is decoded (the pipeline's
+# files may have up to Pillow's 89.5 MP)
+images_maxPixels = 40_000_000
+# requests decoded and classified at the same time; the others wait their turn (each holds one
+# decoded image at a time)
+deploy_maxConcurrentDecodes = 2
+# open connections beyond which new requests are answered 503 (uvicorn's limit_concurrency)
+deploy_maxConnections = 32
+# an idle kept-alive connection is closed after this many seconds
+deploy_keepAliveSeconds = 5
+# a request's line and headers must arrive within this many seconds of the connection opening (or
+# of the previous response), else the connection is closed
+deploy_headerTimeoutSeconds = 10.0
+# a request body must arrive in full within this many seconds of its headers, else HTTP 408
+deploy_bodyTimeoutSeconds = 60.0
 
 # --- The service's client (scripts/6_callWebservice.py) -------------------------------------------
 # service the client calls ('' = http://<deploy_host>:<deploy_port>)

@@ -251,3 +251,32 @@ def test_step_spec_checks_its_names_and_labels_itself() -> None:
         StepSpec("x", "scripts/x.py", "", ("run_mbsize",))
     with pytest.raises(ValueError, match="distinct"):
         StepSpec("x", "scripts/x.py", "", ("rootDir", "rootDir"))
+
+
+def test_a_backbone_is_a_name_or_a_list_of_names_for_auto(tmp_path: Path) -> None:
+    assert load_parameters(["--rf_pretrainedModelFilename=resnet34"]).rf_pretrainedModelFilename == "resnet34"
+    both = ["resnet18", "efficientnet_lite0"]
+    assert load_parameters(["--rf_pretrainedModelFilename=resnet18,efficientnet_lite0"]).rf_pretrainedModelFilename \
+        == both  # comma-separated on the command line
+    assert load_parameters(['--rf_pretrainedModelFilename=["resnet18", "efficientnet_lite0"]'],
+                           classifier="auto").rf_pretrainedModelFilename == both
+    file = tmp_path / "P.py"
+    file.write_text('rf_pretrainedModelFilename = ["resnet18", "efficientnet_lite0"]\nclassifier = "auto"\n')
+    assert load_parameters(parameters_file=file).rf_pretrainedModelFilename == both
+    for bad, message in ((["resnet18", "notANetwork"], "'notANetwork' must name a backbone"),
+                         (["resnet18", "resnet18"], "twice"), ([], "non-empty list"), ([18], "a string or a list"),
+                         (18, "a string or a list")):
+        with pytest.raises(ParameterError, match=message):
+            load_parameters(rf_pretrainedModelFilename=bad)
+    assert P.spelled_default("rf_pretrainedModelFilename") == '"resnet18"'
+
+
+def test_the_recipe_tta_and_auto_parameters_are_checked() -> None:
+    params = load_parameters()
+    assert (params.rf_recipe, params.run_tta, params.classifier) == ("lpft", "none", "svm")
+    assert load_parameters(["--classifier=auto", "--auto_classifiers=svm,dnn"]).auto_classifiers == ["svm", "dnn"]
+    for override, message in (("--rf_recipe=lp", "allowed values"), ("--run_tta=rotate", "allowed values"),
+                              ("--auto_classifiers=svm,svm", "distinct"), ("--rf_ftBackboneLrFactor=2", r"\(0, 1\]"),
+                              ("--rf_earlyStopPatience=-1", ">= 0")):
+        with pytest.raises(ParameterError, match=message):
+            load_parameters([override])

@@ -1,4 +1,5 @@
-"""DNN refinement: learning, frozen backbone, resume, balanced sampling, every classifier mode end to end."""
+"""DNN refinement: learning, frozen backbone, resume, balanced sampling, LP-FT's stages, early stopping,
+every classifier mode end to end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from PIL import Image
 from imgclass.errors import ImgClassError
 from imgclass.layout import DatasetLayout
 from imgclass.model.backbones import build_feature_extractor
-from imgclass.model.refine import RefineConfig, TrainingImages, make_sampler, refine, split_validation
+from imgclass.model.refine import (RefineConfig, TrainingImages, fit_linear_probe, make_sampler, refine,
+                                   split_validation)
+from imgclass.model.transforms import EvalTransform
 from imgclass.model.runtime import Runtime
 from imgclass.parameters import load_parameters
 from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data, train_classifier
@@ -43,9 +46,10 @@ def _config(**changes) -> RefineConfig:
     """A sane recipe for a random ResNet-18 on a learnable problem: batches of 8, a small rate, fp32.
 
     (A rate of 0.05 on batches of 4 made the training loss jump around by seed and machine.)
+    The original recipe unless ``rf_recipe='lpft'`` is passed.
     """
     params = load_parameters(rf_mbSize=8, rf_maxEpochs=3, rf_lrPerMb=[0.002], rf_dropoutRate=0.0,
-                             rf_validationFraction=0.0, rf_augColorJitter=0.0)
+                             rf_validationFraction=0.0, rf_augColorJitter=0.0, rf_recipe="original")
     return refine_config(params.replace(**changes) if changes else params)
 
 
@@ -76,6 +80,72 @@ def test_frozen_backbone_stays_bit_identical(tmp_path: Path) -> None:
     torch.manual_seed(0)  # refine() seeds with randomSeed=0 before creating the head
     untrained_head = torch.nn.Linear(512, 2)
     assert not torch.equal(result.model.head.weight, untrained_head.weight)  # while the head did train
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_lpft_trains_the_head_first_with_the_backbone_bit_identical_then_moves_every_layer(tmp_path: Path) -> None:
+    images = _coloured_images(tmp_path)
+    torch.manual_seed(0)
+    extractor = build_feature_extractor("resnet18", 32)
+    before = _state(extractor)
+    runtime = Runtime(torch.device("cpu"), torch.float32, 0)
+    probe = fit_linear_probe(extractor, images, EvalTransform(32), mirror=True, batch_size=8, runtime=runtime,
+                             seed=0)
+    assert all(torch.equal(before[k], v) for k, v in extractor.state_dict().items())  # stage 1 reads only
+    assert probe.train_error <= 0.1 and probe.head.weight.shape == (2, 512)  # the head alone separates them
+
+    messages: list[str] = []
+    probe_only = refine(extractor, images, _config(rf_recipe="lpft", rf_ftEpochs=0), tmp_path / "lp.pth", runtime,
+                        log=messages.append)
+    assert [row["epoch"] for row in probe_only.history] == [0] and probe_only.best_epoch == 0
+    assert all(torch.equal(before[k], v) for k, v in probe_only.model.extractor.state_dict().items())
+    assert probe_only.history[0]["train_error"] <= 0.1 and messages[0].startswith("linear probe (epoch 0)")
+
+    tuned = refine(extractor, images, _config(rf_recipe="lpft", rf_ftEpochs=2, rf_ftLearningRate=0.05),
+                   tmp_path / "lpft.pth", runtime, log=messages.append)
+    assert [row["epoch"] for row in tuned.history] == [0, 1, 2] and tuned.best_epoch == 2  # no validation: last
+    after = dict(tuned.model.extractor.named_parameters())
+    unmoved = [name for name, parameter in extractor.named_parameters() if torch.equal(before[name], after[name])]
+    assert not unmoved, f"fine-tuning left these backbone weights untouched: {unmoved}"
+    assert not torch.equal(tuned.model.head.weight, probe_only.model.head.weight)  # the head moved on too
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(before[k], tuned.model.extractor.state_dict()[k]) for k in statistics)
+
+
+def test_lpft_stops_early_when_validation_does_not_improve_and_stays_stopped(tmp_path: Path) -> None:
+    """A rate too small to change any weight: the validation result stays the linear probe's exactly."""
+    config = _config(rf_recipe="lpft", rf_ftEpochs=6, rf_ftLearningRate=1e-30, rf_validationFraction=0.25,
+                     rf_earlyStopPatience=2, rf_l2RegWeight=0.0)
+    messages: list[str] = []
+    _, result = _run(tmp_path, config, log=messages.append)
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]  # not 6 epochs
+    assert result.stopped_early and result.best_epoch == 0
+    assert any("stopping early" in m for m in messages)
+    _, again = _run(tmp_path, config, log=messages.append)  # re-running step 2 does not train on
+    assert [row["epoch"] for row in again.history] == [0, 1, 2] and "stopped early" in messages[-1]
+    _, never = _run(tmp_path, _config(rf_recipe="lpft", rf_ftEpochs=2, rf_ftLearningRate=1e-30,
+                                      rf_validationFraction=0.25, rf_earlyStopPatience=0, rf_l2RegWeight=0.0))
+    assert len(never.fine_tuning_epochs) == 2 and not never.stopped_early
+
+
+def test_lpft_schedule_warms_up_then_decays_to_zero() -> None:
+    config = _config(rf_recipe="lpft", rf_ftEpochs=5, rf_ftLearningRate=0.1, rf_warmupEpochs=1.0)
+    rates = [config.learning_rate(epoch / 4) for epoch in range(21)]
+    assert rates[4] == pytest.approx(0.1) and rates[2] == pytest.approx(0.05)  # linear warm-up over epoch 1
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:])) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_original_recipe_keeps_its_parameters_and_old_checkpoints() -> None:
+    params = load_parameters(rf_recipe="original", rf_maxEpochs=7, rf_lrPerMb=[0.01, 0.001], rf_ftEpochs=2)
+    config = refine_config(params)
+    assert config.max_epochs == 7 and config.learning_rate(5) == 0.001 and config.dropout == 0.5
+    key = config.resume_key()  # what a checkpoint written before the recipes existed was made with
+    assert not {"recipe", "peak_lr", "warmup_epochs", "tta", "early_stop_patience", "max_epochs"} & set(key)
+    lpft = refine_config(params.replace(rf_recipe="lpft"))
+    assert lpft.max_epochs == 2 and lpft.backbone_lr_factor == 0.2 and lpft.resume_key()["recipe"] == "lpft"
 
 
 def test_an_interrupted_run_resumes_at_the_next_epoch(tmp_path: Path) -> None:
@@ -131,9 +201,11 @@ def test_validation_is_held_out_per_class_from_training() -> None:
 
 
 def test_bad_refinement_setups_fail_before_any_work(tmp_path: Path) -> None:
-    params = load_parameters(rootDir=str(tmp_path), classifier="dnn", rf_maxEpochs=0)
+    params = load_parameters(rootDir=str(tmp_path), classifier="dnn", rf_maxEpochs=0, rf_recipe="original")
     with pytest.raises(ImgClassError, match="rf_maxEpochs >= 1"):
         build_featurizer(params, pretrained=False)
+    with pytest.raises(ImgClassError, match="only classifier='auto'"):
+        build_featurizer(params.replace(rf_pretrainedModelFilename=["resnet18", "resnet34"]), pretrained=False)
 
 
 def _toy_dataset(root: Path, datasetName: str = "toy") -> DatasetLayout:
@@ -149,8 +221,8 @@ def _toy_dataset(root: Path, datasetName: str = "toy") -> DatasetLayout:
 def test_each_classifier_mode_runs_steps_2_to_5(tmp_path: Path, classifier: str) -> None:
     layout = _toy_dataset(tmp_path)
     params = load_parameters(rootDir=str(tmp_path), datasetName="toy", classifier=classifier,
-                             rf_pretrainedModelFilename="resnet18", rf_inputResolution=32, rf_maxEpochs=2,
-                             rf_mbSize=4, rf_lrPerMb=[0.01], svm_CVals=[0.1, 1.0], svm_cvFolds=2, run_workers=0)
+                             rf_pretrainedModelFilename="resnet18", rf_inputResolution=32, rf_ftEpochs=2,
+                             rf_mbSize=4, svm_CVals=[0.1, 1.0], svm_cvFolds=2, run_workers=0)
     prepare_data(params)
     built = build_featurizer(params, pretrained=False, progress=False, log=lambda m: None)
     assert (built.refinement is None) == (classifier == "svm")
@@ -168,8 +240,8 @@ def test_each_classifier_mode_runs_steps_2_to_5(tmp_path: Path, classifier: str)
 
 def test_dnn_scripts_end_to_end_with_pretrained_lite0(tmp_path: Path) -> None:
     _toy_dataset(tmp_path)
-    args = [f"--rootDir={tmp_path}", "--datasetName=toy", "--classifier=dnn", "--rf_maxEpochs=2",
-            "--rf_inputResolution=64", "--rf_mbSize=8", "--rf_lrPerMb=0.01",
+    args = [f"--rootDir={tmp_path}", "--datasetName=toy", "--classifier=dnn", "--rf_ftEpochs=2",
+            "--rf_inputResolution=64", "--rf_mbSize=8",
             "--rf_pretrainedModelFilename=efficientnet_lite0"]
     for script in ["1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"]:
         result = subprocess.run([PYTHON, f"scripts/{script}", *args], cwd=PROJECT_DIR, capture_output=True,

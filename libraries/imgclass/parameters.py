@@ -101,6 +101,10 @@ SERVE = Section("Serving the model (scripts/6_deploy.py)",
                 "Serves the trained model over HTTP: a REST API and a web page at / (guide: docs/deployment.md). If "
                 "the environment variable IMGCLASS_API_KEY is set, requests need the header 'Authorization: Bearer "
                 "<key>' (the key is never written to a file or a log).")
+LIMITS = Section("Service limits (scripts/6_deploy.py)",
+                 "Bounds that keep hostile or slow clients from taking the service down or filling its memory: "
+                 "image size, concurrent decoding, connections and how long a client may take to send a request. "
+                 "Threat model: SECURITY.md; a reverse proxy in front: docs/deployment.md.")
 CLIENT = Section("The service's client (scripts/6_callWebservice.py)")
 BATCH = Section("Batch scoring (scripts/7_batchScore.py)",
                 "Classifies every image under a folder into a CSV and a results database (SQLite by default, "
@@ -317,9 +321,9 @@ class Parameters:
                                             "network from the start)", choices=("lpft", "original"))
     rf_ftEpochs: int = _param(RECIPE, 8, "'lpft': fine-tuning epochs, the length of the warm-up + cosine schedule "
                                          "(0 = the linear probe only)", check=_non_negative)
-    rf_ftLearningRate: float = _param(RECIPE, 0.01, "'lpft': the new last layer's peak learning rate (SGD with "
+    rf_ftLearningRate: float = _param(RECIPE, 0.005, "'lpft': the new last layer's peak learning rate (SGD with "
                                                     "rf_momentumPerMb, rf_l2RegWeight)", check=_positive)
-    rf_ftBackboneLrFactor: float = _param(RECIPE, 0.1, "'lpft': the backbone learns at this fraction of "
+    rf_ftBackboneLrFactor: float = _param(RECIPE, 0.2, "'lpft': the backbone learns at this fraction of "
                                                        "rf_ftLearningRate",
                                           check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
     rf_warmupEpochs: float = _param(RECIPE, 1.0, "'lpft': epochs of linear learning-rate warm-up",
@@ -427,6 +431,26 @@ class Parameters:
                                    check=_positive)
     deploy_topK: int = _param(SERVE, 5, "labels returned per image by /predict (and shown by the web page)",
                               check=_positive)
+
+    images_maxPixels: int = _param(LIMITS, 40_000_000, "largest image the service decodes, in pixels as decoded "
+                                                       "(a baseline JPEG counts at the reduced scale it is decoded "
+                                                       "at); larger ones get HTTP 400 before any pixel is decoded "
+                                                       "(the pipeline's files may have up to Pillow's 89.5 MP)",
+                                   check=_positive)
+    deploy_maxConcurrentDecodes: int = _param(LIMITS, 2, "requests decoded and classified at the same time; the "
+                                                         "others wait their turn (each holds one decoded image at a "
+                                                         "time)", check=_positive)
+    deploy_maxConnections: int = _param(LIMITS, 32, "open connections beyond which new requests are answered 503 "
+                                                    "(uvicorn's limit_concurrency)", check=_positive)
+    deploy_keepAliveSeconds: int = _param(LIMITS, 5, "an idle kept-alive connection is closed after this many "
+                                                     "seconds", check=_positive)
+    deploy_headerTimeoutSeconds: float = _param(LIMITS, 10.0, "a request's line and headers must arrive within "
+                                                              "this many seconds of the connection opening (or of "
+                                                              "the previous response), else the connection is "
+                                                              "closed", check=_positive)
+    deploy_bodyTimeoutSeconds: float = _param(LIMITS, 60.0, "a request body must arrive in full within this many "
+                                                            "seconds of its headers, else HTTP 408",
+                                              check=_positive)
 
     deploy_url: str = _param(CLIENT, "", "service the client calls ('' = http://<deploy_host>:<deploy_port>)",
                              check=lambda v: None if v == "" else _http_url(v))

@@ -20,7 +20,7 @@ from torch import nn
 
 from imgclass.errors import ImgClassError, MissingArtifactError
 from imgclass.model.backbones import FeatureExtractor, build_feature_extractor
-from imgclass.model.transforms import EvalTransform
+from imgclass.model.transforms import EvalTransform, check_tta, with_tta
 
 CHECKPOINT_FORMAT = "imgclass-featurizer-1"
 OUTPUTS = ("features", "logits")
@@ -34,7 +34,10 @@ class Featurizer:
     A refined network (step 2 with ``classifier='dnn'`` or ``'svmDnnRefined'``)
     keeps its new last layer in ``head`` with the class names in ``labels``;
     ``output`` says whether step 3 stores the penultimate ``'features'`` or
-    the head's class scores (``'logits'``).
+    the head's class scores (``'logits'``). ``tta`` is the test-time
+    augmentation every consumer of :attr:`network` gets (``'none'`` or
+    ``'flip'``, see :func:`imgclass.model.transforms.with_tta`); checkpoints
+    written before it existed load as ``'none'``.
     """
 
     extractor: FeatureExtractor
@@ -44,8 +47,10 @@ class Featurizer:
     head: nn.Linear | None = None
     labels: list[str] | None = None
     output: str = "features"
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        check_tta(self.tta)
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.output == "logits" and (self.head is None or not self.labels):
@@ -53,10 +58,9 @@ class Featurizer:
 
     @property
     def network(self) -> nn.Module:
-        """The module step 3 runs: the extractor, or extractor + head for class scores."""
-        if self.output == "logits":
-            return nn.Sequential(self.extractor, self.head).eval()
-        return self.extractor
+        """The module step 3 runs: the extractor, or extractor + head for class scores, with its TTA."""
+        network = nn.Sequential(self.extractor, self.head).eval() if self.output == "logits" else self.extractor
+        return with_tta(network, self.tta)
 
     @property
     def output_dim(self) -> int:
@@ -70,7 +74,7 @@ class Featurizer:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description, stored with every artifact made from these features."""
         return {**self.extractor.recipe(), "resize_mode": self.resize_mode, "source": self.source,
-                "output": self.output, "output_dim": self.output_dim, "labels": self.labels}
+                "output": self.output, "output_dim": self.output_dim, "labels": self.labels, "tta": self.tta}
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the outputs: the recipe and every weight (not where they came from).
@@ -82,6 +86,8 @@ class Featurizer:
         """
         digest = hashlib.sha256()
         recipe = {k: v for k, v in self.describe().items() if k != "source"}
+        if recipe["tta"] == "none":  # as before TTA existed: features stored then stay valid
+            del recipe["tta"]
         digest.update(json.dumps(recipe, sort_keys=True).encode())
         modules = {"extractor": self.extractor, "head": self.head}
         for prefix, module in modules.items():
@@ -124,7 +130,7 @@ class Featurizer:
                 head.load_state_dict(checkpoint["head_state_dict"], strict=True)
                 head.eval()
             return cls(extractor.eval(), checkpoint["resize_mode"], checkpoint["source"], head,
-                       checkpoint.get("labels"), checkpoint.get("output", "features"))
+                       checkpoint.get("labels"), checkpoint.get("output", "features"), checkpoint.get("tta", "none"))
         except (KeyError, RuntimeError, ValueError, ImgClassError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise MissingArtifactError(f"{path} does not fit this version of imgclass ({reason}); "

@@ -5,16 +5,40 @@ output per class, and the network is trained with SGD on augmented training
 images. A validation part is held out from the TRAINING set (never the test
 set) to choose the best epoch. After every epoch a checkpoint (model,
 optimizer, epoch, history, best weights so far) is written atomically; a
-re-run with the same setup resumes after the last finished epoch.
+re-run with the same setup resumes after the last finished epoch. Training
+stops early when the validation error and loss have not improved for
+``early_stop_patience`` epochs.
+
+Two recipes (``rf_recipe``):
+
+- ``'lpft'`` (the default): linear probing, then fine-tuning (LP-FT; Kumar et
+  al., ICLR 2022, "Fine-Tuning can Distort Pretrained Features and
+  Underperform Out-of-Distribution"). Stage 1 (:func:`fit_linear_probe`) fits
+  the new head alone, as a multinomial logistic regression on the frozen
+  backbone's features of the training images and their mirrors (C by
+  cross-validation), and copies it into the head: the backbone stays
+  bit-identical, and this "epoch 0" is a candidate for the best epoch like
+  every other. Stage 2 fine-tunes everything from that head: the backbone at
+  a lower rate than the head, a linear warm-up then a cosine decay per batch,
+  batch-norm statistics kept as pretrained, no dropout. Starting from a
+  trained head, the first gradients that reach the backbone are small, so
+  fine-tuning adapts the pretrained features instead of wrecking them while
+  a random head is being learnt (the paper's point, and what the original
+  recipe does on small data sets).
+- ``'original'``: the CNTK tutorial's recipe: a random head and the whole
+  network trained together from the start, one learning rate per epoch
+  (``rf_lrPerMb``), dropout before the head.
 
 The recipe reads top to bottom in :func:`refine`: set up the model and
-optimizer, resume, then per epoch :func:`train_one_epoch`, :func:`validate`,
-checkpoint. Images come from the same :class:`~imgclass.model.dataset.ImageDataset`
-as everywhere (draft decoding, channels-last batches), and validation runs
-through the same inference loop as step 3 (:func:`imgclass.model.inference.infer`).
+optimizer, resume, the linear probe (``'lpft'``), then per epoch
+:func:`train_one_epoch`, :func:`validate`, checkpoint, early stop. Images
+come from the same :class:`~imgclass.model.dataset.ImageDataset` as everywhere
+(draft decoding, channels-last batches), and validation and the linear probe's
+features go through the same inference loop as step 3
+(:func:`imgclass.model.inference.infer`).
 
-Whether refining pays off depends on the data: the original tutorial's texture
-data gained from it, the demo data does not (README, BENCHMARKS.md).
+How much each recipe gains, and at what cost, depends on the data
+(BENCHMARKS.md, docs/refinement.md).
 """
 
 from __future__ import annotations
@@ -22,6 +46,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,9 +64,13 @@ from imgclass.model.backbones import FeatureExtractor
 from imgclass.model.dataset import ImageBatch, ImageDataset, as_batch
 from imgclass.model.inference import DevicePlan, infer
 from imgclass.model.runtime import Runtime
-from imgclass.model.transforms import EvalTransform, TrainTransform
+from imgclass.model.transforms import EvalTransform, TrainTransform, check_tta, with_tta
 
 CHECKPOINT_FORMAT = "imgclass-refinement-1"
+#: ``rf_recipe``: linear probing then fine-tuning, or the original tutorial's recipe
+RECIPES = ("lpft", "original")
+#: C values the linear probe chooses from by cross-validation (inverse L2 strength on standardised features)
+PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -65,19 +94,56 @@ class RefineConfig:
     seed: int
     #: evaluation preprocessing of the validation images: 'pad' or 'crop' (``rf_resizeMode``)
     resize_mode: str
+    #: 'lpft' or 'original' (see the module's docstring)
+    recipe: str = "original"
+    #: 'lpft': the head's peak learning rate in fine-tuning (the backbone's is ``backbone_lr_factor`` times it)
+    peak_lr: float = 0.01
+    #: 'lpft': epochs of linear warm-up before the cosine decay
+    warmup_epochs: float = 1.0
+    #: stop after this many epochs without a better validation result (0 = never; needs a validation part)
+    early_stop_patience: int = 0
+    #: test-time augmentation the validation (and so the choice of the best epoch) uses: 'none' or 'flip'
+    tta: str = "none"
 
-    def learning_rate(self, epoch: int) -> float:
-        """Learning rate of epoch ``epoch`` (0-based); the list's last value repeats."""
+    def learning_rate(self, epoch: float) -> float:
+        """Learning rate at ``epoch`` (0-based; a fraction is a point within an epoch).
+
+        ``'original'``: the list's value of that epoch, the last value
+        repeating. ``'lpft'``: linear warm-up to ``peak_lr`` over
+        ``warmup_epochs``, then a cosine decay to 0 at ``max_epochs``.
+        """
+        if self.recipe == "lpft":
+            if self.peak_lr <= 0:
+                raise ParameterError("parameter 'rf_ftLearningRate' must be > 0")
+            warmup = min(self.warmup_epochs, self.max_epochs)
+            if epoch < warmup:
+                return self.peak_lr * max(epoch, 1e-3) / warmup
+            span = max(self.max_epochs - warmup, 1e-9)
+            return self.peak_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / span)))
         if not self.lr_per_epoch or any(lr <= 0 for lr in self.lr_per_epoch):
             raise ParameterError("parameter 'rf_lrPerMb' must be a non-empty list of positive learning rates")
-        return self.lr_per_epoch[min(epoch, len(self.lr_per_epoch) - 1)]
+        return self.lr_per_epoch[min(int(epoch), len(self.lr_per_epoch) - 1)]
 
     def resume_key(self) -> dict[str, Any]:
-        """What must be unchanged to continue a run: all but ``max_epochs`` (so a run can be extended)."""
+        """What must be unchanged to continue a run.
+
+        Not the patience (it only says when to stop), nor, for ``'original'``,
+        ``max_epochs`` (so a run can be extended; LP-FT's schedule depends on
+        it). Fields added after the first release are left out while they
+        have their defaults, so checkpoints written before them still resume.
+        """
         key = asdict(self)
-        key.pop("max_epochs")
+        key.pop("early_stop_patience")
+        if self.recipe == "original":
+            key.pop("max_epochs")
+        for name in ("recipe", "peak_lr", "warmup_epochs", "tta"):
+            if key[name] == _DEFAULTS[name]:
+                key.pop(name)
         key["lr_per_epoch"] = list(key["lr_per_epoch"])
         return key
+
+
+_DEFAULTS = {f.name: f.default for f in RefineConfig.__dataclass_fields__.values()}
 
 
 @dataclass(frozen=True)
@@ -151,11 +217,27 @@ def make_sampler(targets: Sequence[int], balance: bool, max_images: int, seed: i
 
 @dataclass
 class RefineResult:
-    """The refined network (weights of the best epoch, on the CPU), the per-epoch history, the best epoch (1-based)."""
+    """The refined network (weights of the best epoch, on the CPU), the per-epoch history, the best epoch.
+
+    Epochs count from 1; ``'lpft'``'s linear probe is epoch 0 (its row comes
+    first in ``history``). ``stopped_early``: validation stopped improving
+    before ``max_epochs``.
+    """
 
     model: ClassifierNet
     history: list[dict[str, float]]
     best_epoch: int
+    stopped_early: bool = False
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The history row of the best epoch."""
+        return next(row for row in self.history if row["epoch"] == self.best_epoch)
+
+    @property
+    def fine_tuning_epochs(self) -> list[dict[str, float]]:
+        """The rows of the training epochs (without the linear probe)."""
+        return [row for row in self.history if row["epoch"] >= 1]
 
 
 @dataclass
@@ -166,6 +248,7 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    stopped_early: bool = False
 
 
 def _fingerprint(config: RefineConfig, extractor: FeatureExtractor, images: TrainingImages) -> str:
@@ -179,10 +262,15 @@ def _fingerprint(config: RefineConfig, extractor: FeatureExtractor, images: Trai
 
 def _check(config: RefineConfig, images: TrainingImages) -> None:
     """Bad setups fail before any work."""
-    if config.max_epochs < 1:
+    if config.recipe not in RECIPES:
+        raise ParameterError(f"parameter 'rf_recipe' must be one of {RECIPES}, got {config.recipe!r}")
+    if config.recipe == "original" and config.max_epochs < 1:
         raise ImgClassError("refinement needs rf_maxEpochs >= 1")
+    if config.max_epochs < 0:
+        raise ImgClassError("refinement needs rf_ftEpochs >= 0")
     if len(set(images.targets)) < 2:
         raise ImgClassError("refinement needs training images of at least 2 classes")
+    check_tta(config.tta)
     config.learning_rate(0)  # validates the schedule
 
 
@@ -215,30 +303,51 @@ def _resume(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.opt
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
-    log(f"Resuming refinement after epoch {saved['epoch']} (checkpoint {path})")
-    return _Progress(saved["epoch"], saved["history"], saved["best_epoch"], saved["best_model"])
+    stopped = bool(saved.get("stopped_early", False))
+    log(f"Resuming refinement after epoch {saved['epoch']} (checkpoint {path})"
+        + ("; it had stopped early" if stopped else ""))
+    return _Progress(saved["epoch"], saved["history"], saved["best_epoch"], saved["best_model"], stopped)
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def train_one_epoch(model: ClassifierNet, batches: Iterable[ImageBatch], targets: torch.Tensor,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, runtime: Runtime,
-                    freeze_backbone: bool) -> tuple[float, float]:
+                    freeze_backbone: bool, freeze_batch_norm: bool = False,
+                    lr_at: Callable[[float], float] | None = None) -> tuple[float, float]:
     """One pass over ``batches`` (a DataLoader); mean training loss and error over the readable images.
 
     ``targets[i]`` is the class id of dataset image ``i``. Unreadable images
     are left out of the batch; a batch of a single image is skipped when
-    batch norm trains (it cannot normalise one image).
+    batch norm trains (it cannot normalise one image). ``freeze_batch_norm``
+    keeps the backbone's batch-norm statistics as they are (its scales and
+    shifts still learn). ``lr_at(fraction)`` gives the learning rate after
+    that fraction of the epoch (per-batch schedules); each parameter group
+    gets it times its ``lr_factor``.
     """
     plan = DevicePlan.for_device(runtime.device)
     model.train()
     if freeze_backbone:
         model.extractor.eval()  # batch-norm statistics stay as they are: the backbone is untouched
+    elif freeze_batch_norm:
+        for module in model.extractor.modules():
+            if _is_batch_norm(module):
+                module.eval()
+    norm_trains = not (freeze_backbone or freeze_batch_norm)
+    n_batches = max(len(batches), 1) if lr_at is not None else 1  # type: ignore[arg-type]
     total_loss, wrong, seen = 0.0, 0, 0
-    for batch in batches:
+    for step, batch in enumerate(batches):
         readable = batch.readable
         images = batch.images if bool(readable.all()) else batch.images[readable]
         batch_targets = targets[batch.indices[readable]].to(runtime.device)
-        if len(batch_targets) == 0 or (len(batch_targets) < 2 and not freeze_backbone):
+        if len(batch_targets) == 0 or (len(batch_targets) < 2 and norm_trains):
             continue
+        if lr_at is not None:
+            lr = lr_at((step + 1) / n_batches)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_factor"]
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             logits = model(plan.to_network_input(images)).float()
@@ -269,9 +378,110 @@ def validate(model: nn.Module, dataset: ImageDataset, targets: Sequence[int], ba
     return (total_loss / seen, wrong / seen) if seen else (float("nan"), float("nan"))
 
 
+class _WithMirror(nn.Module):
+    """``network``'s outputs for the images and for their mirrors, side by side: ``(B, 2D)``."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        plain, mirrored = self.network(torch.cat([images, images.flip(-1)])).chunk(2)
+        return torch.cat([plain, mirrored], dim=1)
+
+
+@dataclass
+class LinearProbe:
+    """Stage 1 of LP-FT: the fitted head, the C chosen, its loss and error on the features it was fit on."""
+
+    head: nn.Linear
+    C: float
+    train_loss: float
+    train_error: float
+    seconds: float
+
+
+def _frozen_features(extractor: FeatureExtractor, images: TrainingImages, transform: EvalTransform,
+                     mirror: bool, batch_size: int, runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of the readable images (and of their mirrors): ``(X, y, image index)``, via the inference loop."""
+    network = _WithMirror(extractor) if mirror else extractor
+    rows, indices = [], []
+    for batch in infer(network, ImageDataset(images.paths, transform), batch_size, runtime):
+        rows.append(batch.outputs[batch.readable])
+        indices.append(batch.indices[batch.readable])
+    dim = extractor.feature_dim
+    outputs = np.concatenate(rows) if rows else np.zeros((0, dim * (2 if mirror else 1)), np.float32)
+    index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    X = np.concatenate([outputs[:, :dim], outputs[:, dim:]]) if mirror else outputs
+    index = np.concatenate([index, index]) if mirror else index
+    return X.astype(np.float64), np.asarray(images.targets)[index], index
+
+
+def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transform: EvalTransform, mirror: bool,
+                     batch_size: int, runtime: Runtime, seed: int) -> LinearProbe:
+    """Fit a new head on the frozen ``extractor``'s features of ``images`` (stage 1 of LP-FT).
+
+    A multinomial logistic regression on centred features scaled by their overall spread, C chosen
+    from :data:`PROBE_CS` by stratified k-fold cross-validation (log-loss;
+    an image and its mirror stay in one fold; C = 1 when a class has a
+    single image), then written into an ``nn.Linear`` on the raw features
+    (centring and scale folded into its weights). ``extractor`` is only read (eval mode, no gradients): its weights
+    and batch-norm statistics stay bit-identical.
+    """
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+
+    started = time.perf_counter()
+    X, y, groups = _frozen_features(extractor, images, transform, mirror, batch_size, runtime)
+    if len(np.unique(y)) < 2:
+        raise ImgClassError("the linear probe needs readable training images of at least 2 classes")
+    # Centred per dimension, scaled by one number: per-dimension scaling would give near-constant features
+    # huge weights, and fine-tuning (and augmentation) then moves the head's outputs wildly.
+    mean = X.mean(0)
+    scale = float((X - mean).std()) + 1e-6
+    Z = (X - mean) / scale
+    images_per_class = [len(np.unique(groups[y == label])) for label in np.unique(y)]
+    folds = min(5, min(images_per_class))
+    C = 1.0
+    with warnings.catch_warnings():  # a fold that leaves out a class is scored NaN and ignored
+        warnings.simplefilter("ignore")
+        if folds >= 2:
+            splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(Z, y, groups))
+            losses = [np.nanmean(cross_val_score(LogisticRegression(C=c, max_iter=3000), Z, y, cv=splits,
+                                                 scoring="neg_log_loss", error_score=np.nan)) for c in PROBE_CS]
+            if not np.all(np.isnan(losses)):
+                C = PROBE_CS[int(np.nanargmax(losses))]  # the first of equals: the stronger regularisation
+        model = LogisticRegression(C=C, max_iter=3000).fit(Z, y)
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax over [-z/2, z/2] is the same model
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    n_classes = len(images.labels)
+    weight = np.zeros((n_classes, X.shape[1]))
+    bias = np.full(n_classes, float(intercept.min()) - 10.0)  # a class without training images is never chosen
+    weight[model.classes_], bias[model.classes_] = coef / scale, intercept - (coef / scale) @ mean
+    head = nn.Linear(X.shape[1], n_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    probabilities = model.predict_proba(Z)
+    true = np.searchsorted(model.classes_, y)
+    loss = float(-np.log(np.clip(probabilities[np.arange(len(y)), true], 1e-12, None)).mean())
+    error = float((model.classes_[probabilities.argmax(1)] != y).mean())
+    return LinearProbe(head, C, loss, error, time.perf_counter() - started)
+
+
 def _epoch_seed(config: RefineConfig, epoch: int) -> int:
     """One seed per epoch: augmentation and order are reproducible, also after a resume."""
     return config.seed * 100003 + epoch
+
+
+def _better(row: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Lower validation error, then lower validation loss."""
+    if best is None:
+        return True
+    return (row["validation_error"], row["validation_loss"]) < (best["validation_error"], best["validation_loss"])
 
 
 def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineConfig, checkpoint_path: Path,
@@ -280,15 +490,17 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
     """Train ``extractor`` + a new head on ``images``; resume from ``checkpoint_path`` if it fits.
 
     Returns the model with the weights of the best epoch (lowest validation
-    error, then loss; the last epoch when there is no validation part).
-    ``runtime`` (default: CPU, fp32, no worker processes) says where and at
-    which precision; ``log`` receives one line per epoch.
+    error, then loss; the last epoch when there is no validation part; for
+    ``'lpft'`` the linear probe alone, epoch 0, when no fine-tuning epoch
+    beats it). ``runtime`` (default: CPU, fp32, no worker processes) says
+    where and at which precision; ``log`` receives one line per epoch.
     """
     _check(config, images)
     runtime = runtime or Runtime()
     device, plan = runtime.device, DevicePlan.for_device(runtime.device)
+    lpft = config.recipe == "lpft"
     torch.manual_seed(config.seed)
-    model = plan.prepare(ClassifierNet(extractor, len(images.labels), config.dropout))
+    model = plan.prepare(ClassifierNet(extractor, len(images.labels), 0.0 if lpft else config.dropout))
     optimizer = _optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and runtime.dtype == torch.float16)
 
@@ -297,14 +509,55 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
     spec, resolution = extractor.spec, extractor.resolution
     train_set = ImageDataset(train.paths, TrainTransform.for_backbone(
         spec, resolution, config.aug_random_crop, config.aug_flip, config.aug_color_jitter))
-    val_set = ImageDataset(held_out.paths, EvalTransform.for_backbone(spec, resolution, config.resize_mode))
+    eval_transform = EvalTransform.for_backbone(spec, resolution, config.resize_mode)
+    val_set = ImageDataset(held_out.paths, eval_transform)
     train_targets = torch.as_tensor(train.targets, dtype=torch.int64)
     workers = runtime.workers("training")
+    fingerprint = _fingerprint(config, extractor, images)
+    val_batch = max(config.batch_size, 32)
 
-    done = _resume(checkpoint_path, _fingerprint(config, extractor, images), model, optimizer, scaler, device, log)
+    def validation() -> tuple[float, float]:
+        if not len(val_set):
+            return float("nan"), float("nan")
+        return validate(with_tta(model, config.tta), val_set, held_out.targets, val_batch, runtime)
+
+    def save(done: _Progress) -> None:
+        _save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": done.epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "history": done.history, "best_epoch": done.best_epoch, "best_model": done.best_state,
+            "config": config.resume_key(), "stopped_early": done.stopped_early})
+
+    def record(done: _Progress, row: dict[str, float]) -> bool:
+        best = next((r for r in done.history if r["epoch"] == done.best_epoch), None)
+        improved = not len(val_set) or done.best_state is None or _better(row, best)
+        done.history.append(row)
+        if improved:
+            done.best_epoch = row["epoch"]
+            done.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return improved
+
+    done = _resume(checkpoint_path, fingerprint, model, optimizer, scaler, device, log)
+    if lpft and not any(row["epoch"] == 0 for row in done.history):
+        probe = fit_linear_probe(model.extractor, train, eval_transform, config.aug_flip or config.tta == "flip",
+                                 val_batch, runtime, config.seed)
+        with torch.no_grad():
+            model.head.weight.copy_(probe.head.weight)
+            model.head.bias.copy_(probe.head.bias)
+        val_loss, val_error = validation()
+        row = {"epoch": 0, "learning_rate": 0.0, "train_loss": probe.train_loss, "train_error": probe.train_error,
+               "validation_loss": val_loss, "validation_error": val_error, "seconds": probe.seconds}
+        record(done, row)
+        save(done)
+        log(f"linear probe (epoch 0): C {probe.C:g}  train error {probe.train_error:.3f}  "
+            f"validation error {val_error:.3f}  ({probe.seconds:.1f} s)")
+
+    patience = config.early_stop_patience if len(val_set) else 0
     for epoch in range(done.epoch, config.max_epochs):
+        if done.stopped_early:
+            break
         started = time.perf_counter()
-        lr = config.learning_rate(epoch)
+        lr = config.learning_rate(epoch + 0.5 if lpft else epoch)  # lpft: the rate mid-epoch, for the log
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_factor"]
         seed = _epoch_seed(config, epoch)
@@ -314,32 +567,25 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
                             num_workers=workers, drop_last=False, pin_memory=plan.pin_memory, collate_fn=as_batch,
                             generator=torch.Generator().manual_seed(seed))
         batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.max_epochs}", leave=False, disable=not progress)
+        lr_at = (lambda fraction, epoch=epoch: config.learning_rate(epoch + fraction)) if lpft else None
         train_loss, train_error = train_one_epoch(model, batches, train_targets, optimizer, scaler, runtime,
-                                                  config.freeze_backbone)
-        val_loss, val_error = (validate(model, val_set, held_out.targets, max(config.batch_size, 32), runtime)
-                               if len(val_set) else (float("nan"), float("nan")))
+                                                  config.freeze_backbone, freeze_batch_norm=lpft, lr_at=lr_at)
+        val_loss, val_error = validation()
         row = {"epoch": epoch + 1, "learning_rate": lr, "train_loss": train_loss, "train_error": train_error,
                "validation_loss": val_loss, "validation_error": val_error, "seconds": time.perf_counter() - started}
-        done.history.append(row)
-        best = done.history[done.best_epoch - 1] if done.best_state is not None else None
-        improved = (not len(val_set) or best is None
-                    or (val_error, val_loss) < (best["validation_error"], best["validation_loss"]))
-        if improved:
-            done.best_epoch = epoch + 1
-            done.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        improved = record(done, row)
         done.epoch = epoch + 1
-        _save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "fingerprint": _fingerprint(config, extractor, images),
-            "epoch": done.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "history": done.history, "best_epoch": done.best_epoch,
-            "best_model": done.best_state, "config": config.resume_key()})
+        done.stopped_early = bool(patience) and done.epoch < config.max_epochs and \
+            done.epoch - done.best_epoch >= patience
+        save(done)
         log(f"epoch {epoch + 1:3d}/{config.max_epochs}  lr {lr:.2g}  train loss {train_loss:.3f}  "
             f"train error {train_error:.3f}  validation error {val_error:.3f}  ({row['seconds']:.1f} s)"
-            + ("  *" if improved else ""))
+            + ("  *" if improved else "")
+            + (f"\nstopping early: no better validation result for {patience} epochs" if done.stopped_early else ""))
 
     if done.best_state is not None:
         model.load_state_dict(done.best_state)
-    return RefineResult(copy.deepcopy(model).cpu().eval(), done.history, done.best_epoch)
+    return RefineResult(copy.deepcopy(model).cpu().eval(), done.history, done.best_epoch, done.stopped_early)
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -13,6 +13,14 @@ Two resize modes for evaluation, chosen by ``rf_resizeMode``:
 Training (:class:`TrainTransform`) pads with a margin, then crops at random and
 flips, with optional colour jitter.
 
+Test-time augmentation (``run_tta``) is not a transform of the image but of
+the network: :func:`with_tta` wraps the network so that each image's output is
+the mean of the outputs of the image and of its mirror (:class:`FlipAveraged`).
+The featurizer stores the mode in ``featurizer.pth`` and applies it in
+:attr:`~imgclass.model.featurizer.Featurizer.network`, so step 3, refinement's
+validation, serving, batch scoring and Spark all get it without code of their
+own.
+
 Every transform writes an ``(R, R, 3)`` ``uint8`` array (:meth:`to_array`), which
 batches into channels-last without a copy (see :mod:`imgclass.model.dataset`);
 normalisation happens inside the model (see :mod:`imgclass.model.backbones`),
@@ -27,11 +35,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 
 #: torchvision's ImageNet evaluation crops 224 px out of 256 px (ResNet IMAGENET1K_V1 weights).
 DEFAULT_CROP_FRACTION = 0.875
 RESIZE_MODES = ("pad", "crop")
+#: Test-time augmentation modes: ``none``, or ``flip`` (the mean over the image and its left-right mirror).
+TTA_MODES = ("none", "flip")
 
 
 class BackbonePreprocessing(Protocol):
@@ -191,8 +203,6 @@ class TrainTransform:
 
     def to_array(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
         """One random augmentation of ``image`` as an ``(R, R, 3)`` uint8 array, written into ``out`` if given."""
-        import torch
-
         out = _output(out, self.resolution)
         image = _rgb(image)
         if self.color_jitter > 0:
@@ -215,3 +225,37 @@ class TrainTransform:
 def mean_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
     """The padding colour that normalises to zero for a backbone with this mean."""
     return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
+
+
+class FlipAveraged(nn.Module):
+    """``network`` whose output for an image is the mean of its outputs for the image and its mirror.
+
+    Both halves run in one forward pass of twice the batch (one call is cheaper
+    than two on every device). Averaging the penultimate features and then
+    applying a linear head gives the same class scores as averaging the
+    head's scores, so the wrapper can sit around the extractor or around the
+    whole classifier. An image and its mirror get the same output, up to
+    floating-point rounding.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        both = self.network(torch.cat([images, images.flip(-1)]))  # (B, 3, H, W): -1 is the width
+        plain, mirrored = both.chunk(2)
+        return (plain + mirrored) / 2
+
+
+def with_tta(network: nn.Module, tta: str) -> nn.Module:
+    """``network`` with the test-time augmentation ``tta`` (one of :data:`TTA_MODES`) around it."""
+    check_tta(tta)
+    return FlipAveraged(network) if tta == "flip" else network
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of :data:`TTA_MODES`; a ValueError naming them otherwise."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    return tta

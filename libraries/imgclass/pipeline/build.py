@@ -1,8 +1,14 @@
-"""Step 2: the network step 3 runs, saved as ``featurizer.pth`` (the pretrained backbone, or refined)."""
+"""Step 2: the network step 3 runs, saved as ``featurizer.pth`` (the pretrained backbone, or refined).
+
+With ``classifier='auto'`` step 2 also chooses the classifier and backbone
+(:mod:`imgclass.pipeline.select`) and records the choice; steps 3-5 then
+follow it (:func:`imgclass.pipeline.select.resolved`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from imgclass.data.splits import TRAIN
@@ -14,14 +20,19 @@ from imgclass.pipeline.artifacts import read_labels, read_split_rows
 
 if TYPE_CHECKING:
     from imgclass.model.featurizer import Featurizer
-    from imgclass.model.refine import RefineConfig, RefineResult
+    from imgclass.model.runtime import Runtime
+    from imgclass.model.refine import RefineConfig, RefineResult, TrainingImages
+    from imgclass.pipeline.select import ModelChoice
 
 STEP = StepSpec("build", "scripts/2_refineDNN.py", "build the DNN for step 3: the pretrained backbone, or refined",
                 ("datasetName", "rootDir", "classifier", "rf_pretrainedModelFilename", "rf_inputResolution",
                  "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs", "rf_maxTrainImages", "rf_lrPerMb",
                  "rf_momentumPerMb", "rf_l2RegWeight", "rf_boFreezeWeights", "rf_backboneLrFactor",
                  "rf_boBalanceTrainingSet", "rf_validationFraction", "rf_augRandomCrop", "rf_augHorizontalFlip",
-                 "rf_augColorJitter", "randomSeed", "run_device", "run_workers", "run_precision"))
+                 "rf_augColorJitter", "rf_recipe", "rf_ftEpochs", "rf_ftLearningRate", "rf_ftBackboneLrFactor",
+                 "rf_warmupEpochs", "rf_earlyStopPatience", "run_tta", "auto_classifiers", "svm_CVals",
+                 "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed", "run_device", "run_workers",
+                 "run_precision", "run_mbSize"))
 
 TRAINING_LOG_COLUMNS = ("epoch", "learning_rate", "train_loss", "train_error", "validation_loss", "validation_error",
                         "seconds")
@@ -34,20 +45,25 @@ class BuildReport:
     layout: DatasetLayout
     featurizer: "Featurizer"
     refinement: "RefineResult | None" = None
+    #: ``classifier='auto'``: the candidates tried and the one chosen
+    choice: "ModelChoice | None" = None
 
     def summary(self) -> str:
         """What ``scripts/2_refineDNN.py`` prints."""
-        lines = []
+        lines = [self.choice.table(), ""] if self.choice is not None else []
         if self.refinement is not None:
             result = self.refinement
-            best = result.history[result.best_epoch - 1]
-            lines.append(f"Refined {len(result.history)} epochs; best epoch {result.best_epoch} "
-                         f"(validation error {best['validation_error']:.3f}, "
+            best = result.best
+            probe = " (0 = the linear probe)" if result.history and result.history[0]["epoch"] == 0 else ""
+            stop = ", stopped early" if result.stopped_early else ""
+            lines.append(f"Refined {len(result.fine_tuning_epochs)} epochs{stop}; best epoch {result.best_epoch}"
+                         f"{probe} (validation error {best['validation_error']:.3f}, "
                          f"training error {best['train_error']:.3f})")
             lines.append(f"Training curves: {self.layout.training_csv}, {self.layout.training_png}")
         info = self.featurizer.describe()
         output = "class scores" if info["output"] == "logits" else "features"
-        lines.append(f"DNN: {info['backbone']} at {info['resolution']} px ({info['resize_mode']}), "
+        tta = ", flip TTA" if info["tta"] == "flip" else ""
+        lines.append(f"DNN: {info['backbone']} at {info['resolution']} px ({info['resize_mode']}{tta}), "
                      f"{info['output_dim']} {output} per image")
         lines.append(f"Weights: {info['source']}")
         lines.append(f"Wrote {self.layout.featurizer_pth}")
@@ -55,17 +71,49 @@ class BuildReport:
 
 
 def refine_config(params: Parameters) -> "RefineConfig":
-    """The ``rf_*`` parameters as the refinement's config object."""
+    """The ``rf_*`` parameters of the chosen ``rf_recipe`` as the refinement's config object.
+
+    ``'lpft'`` trains for ``rf_ftEpochs`` on its own schedule (``rf_ft*``,
+    ``rf_warmupEpochs``); ``'original'`` for ``rf_maxEpochs`` at ``rf_lrPerMb``
+    with ``rf_backboneLrFactor``, as before the recipes existed.
+    """
     from imgclass.model.refine import RefineConfig
 
+    lpft = params.rf_recipe == "lpft"
     return RefineConfig(
-        dropout=params.rf_dropoutRate, batch_size=params.rf_mbSize, max_epochs=params.rf_maxEpochs,
+        dropout=params.rf_dropoutRate, batch_size=params.rf_mbSize,
+        max_epochs=params.rf_ftEpochs if lpft else params.rf_maxEpochs,
         max_train_images=params.rf_maxTrainImages, lr_per_epoch=tuple(params.rf_lrPerMb),
         momentum=params.rf_momentumPerMb, weight_decay=params.rf_l2RegWeight,
-        freeze_backbone=params.rf_boFreezeWeights, backbone_lr_factor=params.rf_backboneLrFactor,
+        freeze_backbone=params.rf_boFreezeWeights,
+        backbone_lr_factor=params.rf_ftBackboneLrFactor if lpft else params.rf_backboneLrFactor,
         balance_classes=params.rf_boBalanceTrainingSet, validation_fraction=params.rf_validationFraction,
         aug_random_crop=params.rf_augRandomCrop, aug_flip=params.rf_augHorizontalFlip,
-        aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode)
+        aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode,
+        recipe=params.rf_recipe, peak_lr=params.rf_ftLearningRate, warmup_epochs=params.rf_warmupEpochs,
+        early_stop_patience=params.rf_earlyStopPatience, tta=params.run_tta)
+
+
+def backbone_names(params: Parameters) -> list[str]:
+    """``rf_pretrainedModelFilename`` as a list; more than one only for ``classifier='auto'``."""
+    value = params.rf_pretrainedModelFilename
+    names = [value] if isinstance(value, str) else list(value)
+    if len(names) > 1 and params.classifier != "auto":
+        raise ImgClassError(f"rf_pretrainedModelFilename lists {len(names)} backbones: only classifier='auto' "
+                            "chooses among several; name one backbone for classifier="
+                            f"'{params.classifier}'")
+    return names
+
+
+def training_images(layout: DatasetLayout) -> "TrainingImages":
+    """Step 1's training images with their class ids."""
+    from imgclass.model.refine import TrainingImages
+
+    rows = [r for r in read_split_rows(layout) if r.split == TRAIN]
+    labels = read_labels(layout)
+    label_ids = {label: i for i, label in enumerate(labels)}
+    return TrainingImages(tuple(layout.images_dir / r.path for r in rows), tuple(label_ids[r.label] for r in rows),
+                          tuple(labels))
 
 
 def build_featurizer(params: Parameters, pretrained: bool = True, progress: bool = True,
@@ -76,38 +124,60 @@ def build_featurizer(params: Parameters, pretrained: bool = True, progress: bool
     ``'svmDnnRefined'``: the backbone refined on the training images (see
     :mod:`imgclass.model.refine`); ``'dnn'`` then outputs class scores, and
     ``'svmDnnRefined'`` the refined penultimate features for the SVM.
-    ``pretrained=False`` starts from random weights (tests, speed benchmarks).
+    ``'auto'``: every candidate tried on the training set, the best one
+    kept (:func:`imgclass.pipeline.select.choose_model`). The network carries
+    ``run_tta``. ``pretrained=False`` starts from random weights (tests,
+    speed benchmarks).
     """
-    from imgclass.model.backbones import load_pretrained_extractor
-    from imgclass.model.featurizer import Featurizer
-    from imgclass.model.refine import TrainingImages, refine
     from imgclass.model.runtime import Runtime
 
     layout = DatasetLayout.from_parameters(params)
-    config = refine_config(params)
-    if params.classifier == "dnn" and config.max_epochs == 0:
-        raise ImgClassError("classifier='dnn' needs refinement: set rf_maxEpochs >= 1")
-    extractor, source = load_pretrained_extractor(params.rf_pretrainedModelFilename, params.rf_inputResolution,
-                                                  params.models_dir, pretrained=pretrained)
-    if params.classifier == "svm" or config.max_epochs == 0:
-        featurizer = Featurizer(extractor, params.rf_resizeMode, source)
-        featurizer.save(layout.featurizer_pth)
-        return BuildReport(layout, featurizer)
+    names = backbone_names(params)
+    if params.classifier == "auto":
+        from imgclass.pipeline.select import choose_model
 
-    rows = [r for r in read_split_rows(layout) if r.split == TRAIN]
-    labels = read_labels(layout)
-    label_ids = {label: i for i, label in enumerate(labels)}
-    images = TrainingImages(tuple(layout.images_dir / r.path for r in rows), tuple(label_ids[r.label] for r in rows),
-                            tuple(labels))
+        choice = choose_model(params, names, pretrained, log)
+        choice.featurizer.save(layout.featurizer_pth)
+        if choice.chosen.refinement is not None:
+            _write_training_log(choice.chosen.refinement.history, layout)
+        return BuildReport(layout, choice.featurizer, choice.chosen.refinement, choice)
+    config = refine_config(params)
+    if params.classifier == "dnn" and config.recipe == "original" and config.max_epochs == 0:
+        raise ImgClassError("classifier='dnn' needs refinement: set rf_maxEpochs >= 1")
     runtime = Runtime.resolve(params.run_device, params.run_precision, params.run_workers)
-    result = refine(extractor, images, config, layout.refinement_checkpoint, runtime, progress, log)
-    _write_training_log(result.history, layout)
-    model = result.model
-    featurizer = Featurizer(model.extractor, params.rf_resizeMode,
-                            f"{source}, refined {len(result.history)} epochs, best epoch {result.best_epoch}",
-                            model.head, labels, "logits" if params.classifier == "dnn" else "features")
+    featurizer, result = make_featurizer(params, names[0], params.classifier, layout, runtime, pretrained, progress,
+                                         log)
     featurizer.save(layout.featurizer_pth)
+    if result is not None:
+        _write_training_log(result.history, layout)
     return BuildReport(layout, featurizer, result)
+
+
+def make_featurizer(params: Parameters, backbone: str, classifier: str, layout: DatasetLayout, runtime: "Runtime",
+                    pretrained: bool = True, progress: bool = False, log: Callable[[str], None] = print,
+                    checkpoint: "Path | None" = None) -> tuple["Featurizer", "RefineResult | None"]:
+    """The featurizer of ``backbone`` for ``classifier`` ('svm', 'dnn' or 'svmDnnRefined'), refined if needed.
+
+    Refinement resumes from ``checkpoint`` (default: the dataset's
+    ``refinement_checkpoint.pth``).
+    """
+    from imgclass.model.backbones import load_pretrained_extractor
+    from imgclass.model.featurizer import Featurizer
+    from imgclass.model.refine import refine
+
+    config = refine_config(params)
+    extractor, source = load_pretrained_extractor(backbone, params.rf_inputResolution, params.models_dir,
+                                                  pretrained=pretrained)
+    no_refinement = config.recipe == "original" and config.max_epochs == 0
+    if classifier == "svm" or no_refinement:
+        return Featurizer(extractor, params.rf_resizeMode, source, tta=params.run_tta), None
+    images = training_images(layout)
+    result = refine(extractor, images, config, checkpoint or layout.refinement_checkpoint, runtime, progress, log)
+    model = result.model
+    how = f"{config.recipe}, {len(result.fine_tuning_epochs)} epochs, best epoch {result.best_epoch}"
+    featurizer = Featurizer(model.extractor, params.rf_resizeMode, f"{source}, refined ({how})", model.head,
+                            list(images.labels), "logits" if classifier == "dnn" else "features", params.run_tta)
+    return featurizer, result
 
 
 def _write_training_log(history: list[dict[str, float]], layout: DatasetLayout) -> None:

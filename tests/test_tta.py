@@ -1,0 +1,82 @@
+"""Test-time augmentation: a flipped image gives the same output with ``tta='flip'``, wherever the network runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from imgclass.model.backbones import build_feature_extractor
+from imgclass.model.dataset import ImageDataset
+from imgclass.model.featurizer import Featurizer
+from imgclass.model.inference import infer
+from imgclass.model.predictor import Predictor
+from imgclass.model.transforms import FlipAveraged, with_tta
+
+from conftest import natural_photo
+
+RESOLUTION = 32
+
+
+@pytest.fixture(scope="module")
+def extractor() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_feature_extractor("resnet18", RESOLUTION).eval()
+
+
+def _pair(folder: Path) -> list[Path]:
+    """An image and its mirror, square at the network's resolution (no resizing, no padding to shift)."""
+    image = natural_photo(3, (RESOLUTION, RESOLUTION))
+    paths = [folder / "image.png", folder / "mirror.png"]
+    image.save(paths[0])
+    ImageOps.mirror(image).save(paths[1])
+    return paths
+
+
+def _outputs(featurizer: Featurizer, paths: list[Path]) -> np.ndarray:
+    return np.concatenate([b.outputs for b in infer(featurizer.network, ImageDataset(paths, featurizer.transform))])
+
+
+def test_flip_gives_an_image_and_its_mirror_the_same_features(extractor: torch.nn.Module, tmp_path: Path) -> None:
+    paths = _pair(tmp_path)
+    plain = _outputs(Featurizer(extractor, "pad", "random initialisation"), paths)
+    assert not np.allclose(plain[0], plain[1], atol=1e-3)  # without TTA the mirror is another image
+    flipped = _outputs(Featurizer(extractor, "pad", "random initialisation", tta="flip"), paths)
+    np.testing.assert_allclose(flipped[0], flipped[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flipped[0], plain.mean(0), rtol=1e-5, atol=1e-6)  # the mean of both
+
+
+def test_flip_tta_travels_in_featurizer_pth_and_reaches_the_predictor(extractor: torch.nn.Module,
+                                                                       tmp_path: Path) -> None:
+    head = torch.nn.Linear(extractor.feature_dim, 3)
+    featurizer = Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits", tta="flip")
+    featurizer.save(tmp_path / "featurizer.pth")
+    loaded = Featurizer.load(tmp_path / "featurizer.pth")
+    assert loaded.tta == "flip" and isinstance(loaded.network, FlipAveraged)
+    assert loaded.fingerprint() == featurizer.fingerprint() != Featurizer(extractor, "pad", "refined", head,
+                                                                          ["a", "b", "c"], "logits").fingerprint()
+    images = [Image.open(p).convert("RGB") for p in _pair(tmp_path)]
+    scores = Predictor(loaded, None).predict(images).scores  # what serving, batch scoring and Spark call
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+
+
+def test_featurizers_saved_before_tta_load_without_it_and_keep_their_fingerprint(extractor: torch.nn.Module,
+                                                                                  tmp_path: Path) -> None:
+    featurizer = Featurizer(extractor, "pad", "random initialisation")
+    featurizer.save(tmp_path / "featurizer.pth")
+    checkpoint = torch.load(tmp_path / "featurizer.pth", weights_only=True)
+    del checkpoint["tta"]  # as written by earlier versions
+    torch.save(checkpoint, tmp_path / "old.pth")
+    old = Featurizer.load(tmp_path / "old.pth")
+    assert old.tta == "none" and old.network is old.extractor
+    assert old.fingerprint() == featurizer.fingerprint()  # features stored before TTA existed stay valid
+
+
+def test_an_unknown_tta_mode_is_refused(extractor: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="tta must be one of"):
+        Featurizer(extractor, "pad", "x", tta="rotate")
+    with pytest.raises(ValueError, match="tta must be one of"):
+        with_tta(extractor, "multi")
