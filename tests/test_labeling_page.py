@@ -153,9 +153,7 @@ def test_results_page_filter_open_and_send_to_the_queue(page: object,
     enter_key(page)
     sync_api.expect(page.locator("#rows tr.result").first).to_be_visible()
     page.select_option("#filter-label", "mammals")
-    sync_api.expect(page.locator("#count")).to_contain_text("images")
-    page.wait_for_function("[...document.querySelectorAll('#rows td.label')].every(td => td.textContent === "
-                           "'mammals')")
+    sync_api.expect(page.locator("#rows")).to_have_attribute("data-state", "ready")
     labels = page.locator("#rows td.label").all_inner_texts()
     assert labels and set(labels) == {"mammals"}
     margins = [float(m) for m in page.locator("#rows td.margin").all_inner_texts()]
@@ -164,11 +162,12 @@ def test_results_page_filter_open_and_send_to_the_queue(page: object,
     page.select_option("#filter-label", "")
     page.fill("#filter-max", "0.99")
     page.click("#apply")
-    page.wait_for_function("[...document.querySelectorAll('#rows td.score')].every(td => "
-                           "parseFloat(td.textContent) <= 0.99)")
+    sync_api.expect(page.locator("#rows")).to_have_attribute("data-state", "ready")
+    scores = [float(s) for s in page.locator("#rows td.score").all_inner_texts()]
+    assert scores and max(scores) <= 0.99
 
-    row = page.locator("#rows tr.result", has=page.locator("button.send")).first
-    path = row.get_attribute("data-path")
+    path = page.locator("#rows tr.result", has=page.locator("button.send")).first.get_attribute("data-path")
+    row = page.locator(f'#rows tr.result[data-path="{path}"]')
     row.locator("img").click()
     sync_api.expect(page.locator("#viewer")).to_be_visible()
     page.wait_for_function("document.getElementById('viewer-image').naturalWidth > 0")

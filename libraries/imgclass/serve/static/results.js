@@ -2,7 +2,7 @@
 "use strict";
 
 const PAGE = 50;
-const view = { offset: 0, total: 0, urls: [] };
+const view = { offset: 0, total: 0, urls: [], sequence: 0 };
 
 function fillSelect(select, values, describe) {
   const chosen = select.value;
@@ -65,7 +65,10 @@ async function send(result, button) {
 }
 
 async function loadRows() {
+  const asked = ++view.sequence;
+  $("rows").dataset.state = "loading";
   const body = await api("/api/results?" + query().toString());
+  if (asked !== view.sequence) return;  // a newer request was sent meanwhile: its answer is the one to show
   view.total = body.total;
   for (const url of view.urls) URL.revokeObjectURL(url);
   view.urls = [];
@@ -104,6 +107,7 @@ async function loadRows() {
   $("count").textContent = view.total ? `${view.offset + 1}-${last} of ${view.total} images` : "no image matches";
   $("previous").disabled = view.offset === 0;
   $("next").disabled = last >= view.total;
+  $("rows").dataset.state = "ready";
   setStatus("");
 }
 
