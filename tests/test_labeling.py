@@ -300,7 +300,6 @@ def test_retrainer_runs_the_command_then_swaps_the_model_in(session: LabelingSes
     assert session.wait_for_scoring(60) and session.queue()["model_version"] == "v-retrained"
 
     session.config = LabelingConfig(**{**config.__dict__, "retrain_command": (sys.executable, "-c", "exit(3)")})
-    failed = retrainer.wait(0) if False else None
     retrainer.start()
     failed = retrainer.wait(60)
     assert failed.state == "failed" and "exit code 3" in failed.message
@@ -314,7 +313,8 @@ def test_config_from_parameters(tmp_path: Path) -> None:
     assert config.unlabeled_dir == tmp_path / "images" / "colours_unlabeled"
     assert config.database_url.endswith("results/colours/batchScores.sqlite")
     assert config.retrain_command[1:4] == ("-m", "imgclass", "run")
-    assert f"--rootDir={tmp_path}" in config.retrain_command and config.retrain_command[-1] == "--rf_inputResolution=128"
+    assert f"--rootDir={tmp_path}" in config.retrain_command
+    assert config.retrain_command[-1] == "--rf_inputResolution=128"
     with pytest.raises(Exception, match="label_retrainArgs"):
         LabelingConfig.from_parameters(params.replace(label_retrainArgs=["--nonsense=1"]))
     with pytest.raises(Exception, match="folder of its own"):

@@ -445,7 +445,8 @@ class LabelingSession:
             relative = path.relative_to(images_dir).as_posix()
             change = self._annotation(lambda: annotations.exclude_image(images_dir, relative))
             return self._append(EXCLUDE, item, "", change.target, annotation_entry=change.entry)
-        target = unused_path(self.layout.excluded_dir / EXCLUDED_UNLABELED / path.relative_to(self.config.unlabeled_dir))
+        inner = path.relative_to(self.config.unlabeled_dir)
+        target = unused_path(self.layout.excluded_dir / EXCLUDED_UNLABELED / inner)
         return self._move(EXCLUDE, item, "", path, target)
 
     @staticmethod
