@@ -91,7 +91,8 @@ def run_one(base: Any, dataset: str, seed: int, root: Path, write: Callable[[dic
             entry.update({"refine_wall_s": round(refine_wall, 2), "epochs": len(epochs),
                           "best_epoch": refinement.best_epoch, "stopped_early": refinement.stopped_early,
                           "s_per_epoch": round(statistics.mean(r["seconds"] for r in epochs), 2) if epochs else 0.0,
-                          "probe_s": round(sum(r["seconds"] for r in refinement.history if r["epoch"] == 0), 2)})
+                          "probe_s": round(sum(r["seconds"] for r in refinement.history if r["epoch"] == 0), 2),
+                          "history": [{k: round(v, 4) for k, v in r.items()} for r in refinement.history]})
         write(entry)
 
     svm = params.replace(classifier="svm")

@@ -20,7 +20,8 @@ Two recipes (``rf_recipe``):
   bit-identical, and this "epoch 0" is a candidate for the best epoch like
   every other. Stage 2 fine-tunes everything from that head: the backbone at
   a lower rate than the head, a linear warm-up then a cosine decay per batch,
-  batch-norm statistics kept as pretrained, no dropout. Starting from a
+  batch-norm statistics kept as pretrained, no dropout, the gradient's norm
+  clipped. Starting from a
   trained head, the first gradients that reach the backbone are small, so
   fine-tuning adapts the pretrained features instead of wrecking them while
   a random head is being learnt (the paper's point, and what the original
@@ -70,7 +71,7 @@ CHECKPOINT_FORMAT = "imgclass-refinement-1"
 #: ``rf_recipe``: linear probing then fine-tuning, or the original tutorial's recipe
 RECIPES = ("lpft", "original")
 #: C values the linear probe chooses from by cross-validation (inverse L2 strength on standardised features)
-PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+PROBE_CS = (0.01, 0.1, 1.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,15 @@ class RefineConfig:
     #: 'lpft' or 'original' (see the module's docstring)
     recipe: str = "original"
     #: 'lpft': the head's peak learning rate in fine-tuning (the backbone's is ``backbone_lr_factor`` times it)
-    peak_lr: float = 0.01
+    peak_lr: float = 0.005
     #: 'lpft': epochs of linear warm-up before the cosine decay
     warmup_epochs: float = 1.0
     #: stop after this many epochs without a better validation result (0 = never; needs a validation part)
     early_stop_patience: int = 0
     #: test-time augmentation the validation (and so the choice of the best epoch) uses: 'none' or 'flip'
     tta: str = "none"
+    #: clip the gradient's norm to this before every step (0 = never)
+    max_grad_norm: float = 0.0
 
     def learning_rate(self, epoch: float) -> float:
         """Learning rate at ``epoch`` (0-based; a fraction is a point within an epoch).
@@ -127,23 +130,21 @@ class RefineConfig:
     def resume_key(self) -> dict[str, Any]:
         """What must be unchanged to continue a run.
 
-        Not the patience (it only says when to stop), nor, for ``'original'``,
-        ``max_epochs`` (so a run can be extended; LP-FT's schedule depends on
-        it). Fields added after the first release are left out while they
-        have their defaults, so checkpoints written before them still resume.
+        Not the patience (it only says when to stop). For ``'original'``,
+        neither ``max_epochs`` (so a run can be extended) nor what only LP-FT
+        uses, and ``tta`` only when it is on: a checkpoint written before the
+        recipes existed still resumes. LP-FT's schedule depends on
+        ``max_epochs``, so its key keeps everything else.
         """
         key = asdict(self)
         key.pop("early_stop_patience")
         if self.recipe == "original":
-            key.pop("max_epochs")
-        for name in ("recipe", "peak_lr", "warmup_epochs", "tta"):
-            if key[name] == _DEFAULTS[name]:
+            for name in ("max_epochs", "recipe", "peak_lr", "warmup_epochs", "max_grad_norm"):
                 key.pop(name)
+            if key["tta"] == "none":
+                key.pop("tta")
         key["lr_per_epoch"] = list(key["lr_per_epoch"])
         return key
-
-
-_DEFAULTS = {f.name: f.default for f in RefineConfig.__dataclass_fields__.values()}
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ def _is_batch_norm(module: nn.Module) -> bool:
 def train_one_epoch(model: ClassifierNet, batches: Iterable[ImageBatch], targets: torch.Tensor,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, runtime: Runtime,
                     freeze_backbone: bool, freeze_batch_norm: bool = False,
-                    lr_at: Callable[[float], float] | None = None) -> tuple[float, float]:
+                    lr_at: Callable[[float], float] | None = None, max_grad_norm: float = 0.0) -> tuple[float, float]:
     """One pass over ``batches`` (a DataLoader); mean training loss and error over the readable images.
 
     ``targets[i]`` is the class id of dataset image ``i``. Unreadable images
@@ -325,7 +326,8 @@ def train_one_epoch(model: ClassifierNet, batches: Iterable[ImageBatch], targets
     keeps the backbone's batch-norm statistics as they are (its scales and
     shifts still learn). ``lr_at(fraction)`` gives the learning rate after
     that fraction of the epoch (per-batch schedules); each parameter group
-    gets it times its ``lr_factor``.
+    gets it times its ``lr_factor``. ``max_grad_norm > 0`` clips the
+    gradient's norm before each step.
     """
     plan = DevicePlan.for_device(runtime.device)
     model.train()
@@ -353,6 +355,9 @@ def train_one_epoch(model: ClassifierNet, batches: Iterable[ImageBatch], targets
             logits = model(plan.to_network_input(images)).float()
             loss = nn.functional.cross_entropy(logits, batch_targets)
         scaler.scale(loss).backward()
+        if max_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         total_loss += float(loss.detach()) * len(batch_targets)
@@ -421,11 +426,13 @@ def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transf
                      batch_size: int, runtime: Runtime, seed: int) -> LinearProbe:
     """Fit a new head on the frozen ``extractor``'s features of ``images`` (stage 1 of LP-FT).
 
-    A multinomial logistic regression on centred features scaled by their overall spread, C chosen
-    from :data:`PROBE_CS` by stratified k-fold cross-validation (log-loss;
-    an image and its mirror stay in one fold; C = 1 when a class has a
-    single image), then written into an ``nn.Linear`` on the raw features
-    (centring and scale folded into its weights). ``extractor`` is only read (eval mode, no gradients): its weights
+    A multinomial logistic regression on centred features scaled by their
+    overall spread, classes weighted by their inverse frequency (as the SVM
+    of step 4), C chosen from :data:`PROBE_CS` by stratified k-fold
+    cross-validation (log-loss; an image and its mirror stay in one fold;
+    C = 1 when a class has a single image), then written into an
+    ``nn.Linear`` on the raw features (centring and scale folded into its
+    weights). ``extractor`` is only read (eval mode, no gradients): its weights
     and batch-norm statistics stay bit-identical.
     """
     import warnings
@@ -449,11 +456,12 @@ def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transf
         warnings.simplefilter("ignore")
         if folds >= 2:
             splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(Z, y, groups))
-            losses = [np.nanmean(cross_val_score(LogisticRegression(C=c, max_iter=3000), Z, y, cv=splits,
+            losses = [np.nanmean(cross_val_score(LogisticRegression(C=c, class_weight="balanced", max_iter=3000),
+                                                 Z, y, cv=splits,
                                                  scoring="neg_log_loss", error_score=np.nan)) for c in PROBE_CS]
             if not np.all(np.isnan(losses)):
                 C = PROBE_CS[int(np.nanargmax(losses))]  # the first of equals: the stronger regularisation
-        model = LogisticRegression(C=C, max_iter=3000).fit(Z, y)
+        model = LogisticRegression(C=C, class_weight="balanced", max_iter=3000).fit(Z, y)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax over [-z/2, z/2] is the same model
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
@@ -569,7 +577,8 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
         batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.max_epochs}", leave=False, disable=not progress)
         lr_at = (lambda fraction, epoch=epoch: config.learning_rate(epoch + fraction)) if lpft else None
         train_loss, train_error = train_one_epoch(model, batches, train_targets, optimizer, scaler, runtime,
-                                                  config.freeze_backbone, freeze_batch_norm=lpft, lr_at=lr_at)
+                                                  config.freeze_backbone, freeze_batch_norm=lpft, lr_at=lr_at,
+                                                  max_grad_norm=config.max_grad_norm)
         val_loss, val_error = validation()
         row = {"epoch": epoch + 1, "learning_rate": lr, "train_loss": train_loss, "train_error": train_error,
                "validation_loss": val_loss, "validation_error": val_error, "seconds": time.perf_counter() - started}

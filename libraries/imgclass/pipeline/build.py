@@ -34,6 +34,10 @@ STEP = StepSpec("build", "scripts/2_refineDNN.py", "build the DNN for step 3: th
                  "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed", "run_device", "run_workers",
                  "run_precision", "run_mbSize"))
 
+#: 'lpft' clips the gradient's norm to this: the trained head's gradients can be large for a backbone that
+#: sees augmented images for the first time, and one such step is enough to wreck the pretrained features.
+LPFT_MAX_GRAD_NORM = 1.0
+
 TRAINING_LOG_COLUMNS = ("epoch", "learning_rate", "train_loss", "train_error", "validation_loss", "validation_error",
                         "seconds")
 
@@ -91,7 +95,8 @@ def refine_config(params: Parameters) -> "RefineConfig":
         aug_random_crop=params.rf_augRandomCrop, aug_flip=params.rf_augHorizontalFlip,
         aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode,
         recipe=params.rf_recipe, peak_lr=params.rf_ftLearningRate, warmup_epochs=params.rf_warmupEpochs,
-        early_stop_patience=params.rf_earlyStopPatience, tta=params.run_tta)
+        early_stop_patience=params.rf_earlyStopPatience, tta=params.run_tta,
+        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0)
 
 
 def backbone_names(params: Parameters) -> list[str]:
