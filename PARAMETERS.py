@@ -233,7 +233,8 @@ images_maxPixels = 40_000_000
 # requests decoded and classified at the same time; the others wait their turn (each holds one
 # decoded image at a time)
 deploy_maxConcurrentDecodes = 2
-# open connections beyond which new requests are answered 503 (uvicorn's limit_concurrency)
+# connections served at once; a request on one more is answered 503 (waiting requests hold their
+# bodies in memory: at most this many times deploy_maxRequestBytes)
 deploy_maxConnections = 32
 # an idle kept-alive connection is closed after this many seconds
 deploy_keepAliveSeconds = 5

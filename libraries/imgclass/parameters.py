@@ -440,8 +440,10 @@ class Parameters:
     deploy_maxConcurrentDecodes: int = _param(LIMITS, 2, "requests decoded and classified at the same time; the "
                                                          "others wait their turn (each holds one decoded image at a "
                                                          "time)", check=_positive)
-    deploy_maxConnections: int = _param(LIMITS, 32, "open connections beyond which new requests are answered 503 "
-                                                    "(uvicorn's limit_concurrency)", check=_positive)
+    deploy_maxConnections: int = _param(LIMITS, 64, "connections served at once; a request on one more is "
+                                                    "answered 503 (waiting requests hold their bodies in memory: "
+                                                    "at most this many times deploy_maxRequestBytes)",
+                                        check=_positive)
     deploy_keepAliveSeconds: int = _param(LIMITS, 5, "an idle kept-alive connection is closed after this many "
                                                      "seconds", check=_positive)
     deploy_headerTimeoutSeconds: float = _param(LIMITS, 10.0, "a request's line and headers must arrive within "

@@ -3,7 +3,27 @@
 One :class:`~imgclass.model.predictor.Predictor` is loaded once by the caller and
 shared by every request; its forward pass runs under a lock, decoding runs in
 worker threads, so concurrent requests are safe. The app needs no network to
-be built or tested (``scripts/6_deploy.py`` runs it under uvicorn).
+be built or tested (``scripts/6_deploy.py`` runs it under uvicorn with the
+connection limits of :mod:`imgclass.serve.server`).
+
+Hostile requests (issue 12; the threat model is SECURITY.md):
+
+- no CPU work on the event loop: parsing JSON, validating it, base64 and
+  image decoding and the network run in worker threads, at most
+  ``max_concurrent_decodes`` requests at a time (the others wait without a
+  thread), so ``/health`` and the page answer while big requests are worked on;
+- a JSON body is refused with 413 before it is parsed if it holds far more
+  values than ``max_images`` images need (counted as commas: a million-item
+  list cost seconds to parse and validate), and a list longer than
+  ``max_images`` before it is validated; nesting too deep for the parser is
+  a 400, and at most three validation errors are formatted;
+- every image is checked against the pixel budget from its header before it
+  is decoded (:mod:`imgclass.io.images`), then decoded and transformed to
+  the network's input one at a time, so a request holds at most one
+  full-size decoded image;
+- bodies: larger than ``max_request_bytes`` -> 413, not in within
+  ``body_timeout_seconds`` -> 408 (:class:`BodyLimits`); multipart requests
+  are parsed with at most ``max_images`` files.
 
 Endpoints (the OpenAPI document is at ``/openapi.json``, browsable at ``/docs``):
 
@@ -19,9 +39,10 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, browsable at ``/docs``)
 ``GET /health``, ``GET /labels``; ``GET /`` is the web page.
 
 Errors are JSON ``{"detail": "<what is wrong>"}``: 400 bad payload (not JSON,
-not base64, not a decodable image, no image), 401 missing or wrong API key,
-413 request larger than ``max_request_bytes`` or more than ``max_images``
-images, 415 wrong content type.
+not base64, not a decodable image or one over the pixel budget, no image),
+401 missing or wrong API key, 408 body not received in time, 413 request
+larger than ``max_request_bytes`` or more than ``max_images`` images, 415
+wrong content type.
 
 The API key (``IMGCLASS_API_KEY``) guards ``/score``, ``/predict`` and
 ``/labels``; ``/health``, the page and the OpenAPI document stay open so that
@@ -31,9 +52,11 @@ never logged or echoed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
 import json
 import os
@@ -43,8 +66,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,8 +78,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclass.io.images import UnreadableImageError, decode_image_bytes
@@ -75,7 +100,7 @@ class ImagePredictor(Protocol):
     @property
     def labels(self) -> list[str]: ...
 
-    def predict(self, images: Sequence[Image.Image]) -> Any: ...
+    def predict(self, images: Sequence[Image.Image | np.ndarray]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,14 @@ class ServiceSettings:
         More images in one request are refused with 413.
     top_k:
         Default number of labels per image returned by ``/predict``.
+    max_pixels:
+        Larger images (as decoded) get 400 before they are decoded (``images_maxPixels``).
+    max_concurrent_decodes:
+        Requests decoded and classified at the same time; the others wait.
+    body_timeout_seconds:
+        A body must arrive in full this long after its headers, else 408.
+    max_connections, keep_alive_seconds, header_timeout_seconds:
+        The HTTP server's limits (:func:`imgclass.serve.server.uvicorn_options`).
     api_key:
         If set, ``Authorization: Bearer <api_key>`` is required (401 otherwise).
         Kept out of ``repr`` so that it cannot end up in a log.
@@ -99,14 +132,36 @@ class ServiceSettings:
     max_request_bytes: int = 20_000_000
     max_images: int = 16
     top_k: int = 5
+    max_pixels: int = 40_000_000
+    max_concurrent_decodes: int = 2
+    body_timeout_seconds: float = 60.0
+    max_connections: int = 64
+    keep_alive_seconds: int = 5
+    header_timeout_seconds: float = 10.0
     api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_parameters(cls, params: Parameters, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
-        """Settings from ``deploy_*`` parameters; the key from ``$IMGCLASS_API_KEY``."""
+        """Settings from the ``deploy_*`` and ``images_maxPixels`` parameters; the key from ``$IMGCLASS_API_KEY``."""
         environ = os.environ if environ is None else environ
         return cls(max_request_bytes=params.deploy_maxRequestBytes, max_images=params.deploy_maxImages,
-                   top_k=params.deploy_topK, api_key=environ.get(API_KEY_ENV) or None)
+                   top_k=params.deploy_topK, max_pixels=params.images_maxPixels,
+                   max_concurrent_decodes=params.deploy_maxConcurrentDecodes,
+                   body_timeout_seconds=params.deploy_bodyTimeoutSeconds,
+                   max_connections=params.deploy_maxConnections, keep_alive_seconds=params.deploy_keepAliveSeconds,
+                   header_timeout_seconds=params.deploy_headerTimeoutSeconds,
+                   api_key=environ.get(API_KEY_ENV) or None)
+
+    def uvicorn_options(self, host: str, port: int, log_level: str = "info",
+                        lifespan: str = "auto") -> dict[str, Any]:
+        """``uvicorn.run``'s keyword arguments for serving with these connection limits
+        (:func:`imgclass.serve.server.uvicorn_options`)."""
+        from imgclass.serve.server import uvicorn_options
+
+        return uvicorn_options(host, port, max_connections=self.max_connections,
+                               keep_alive_seconds=self.keep_alive_seconds,
+                               header_timeout_seconds=self.header_timeout_seconds, log_level=log_level,
+                               lifespan=lifespan)
 
 
 # --------------------------------------------------------------------------- request / response schemas
@@ -179,21 +234,48 @@ class ErrorResponse(BaseModel):
 
 
 def _json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    """``model``'s JSON schema for the OpenAPI document, with its nested models written out in place.
+
+    pydantic refers to them under ``$defs``, which in an OpenAPI document
+    would have to be ``#/components/schemas/...``, where FastAPI lists only
+    the models of responses: the references dangled (ScoreRow), and schema
+    fuzzing could not build a /score request.
+    """
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return inline(definitions[reference.rsplit("/", 1)[1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
 
 
-# --------------------------------------------------------------------------- request size limit
+# --------------------------------------------------------------------------- request body limits
 class RequestTooLarge(HTTPException):
     def __init__(self, limit: int):
         super().__init__(413, f"request body larger than the limit of {limit} bytes")
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over ``max_bytes``, by Content-Length or while streaming."""
+class RequestTimedOut(HTTPException):
+    def __init__(self, seconds: float):
+        super().__init__(408, f"request body not received within {seconds:g} s", headers={"Connection": "close"})
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+class BodyLimits:
+    """ASGI middleware: 413 for bodies over ``max_bytes`` (by Content-Length or while streaming), 408 for a body
+    that has not arrived in full ``timeout_seconds`` after the request's headers (a client dripping bytes)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -212,20 +294,34 @@ class BodySizeLimit:
                     await response(scope, receive, send)
                     return
         received = 0
+        complete = False
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_seconds is None else loop.time() + self.timeout_seconds
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete or deadline is None:
+                message = await receive()  # after the body: only http.disconnect can come, whenever
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise RequestTimedOut(self.timeout_seconds or 0.0) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise RequestTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
 # --------------------------------------------------------------------------- decoding and classifying
+#: base64 text may be broken into lines; these bytes are dropped before decoding
+_BASE64_WHITESPACE = b" \t\r\n\f\v"
+
+
 def decode_base64_image(text: str, source: str) -> bytes:
     """The bytes of a base64 image string (plain, or a ``data:...;base64,`` URL); 400 if not base64."""
     if not isinstance(text, str):
@@ -233,31 +329,30 @@ def decode_base64_image(text: str, source: str) -> bytes:
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise HTTPException(400, f"{source} is not valid base64: {exc}") from None
+        # bytes.translate, not "".join(text.split()): a string of a million spaces must not become a
+        # million string objects
+        return base64.b64decode(text.encode("ascii").translate(None, _BASE64_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise HTTPException(400, f"{source} is not valid base64: {str(exc)[:200]}") from None
 
 
 _BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
-
-def _decode_all(blobs: Sequence[tuple[str, bytes]], draft_size: tuple[int, int] | None) -> list[Image.Image]:
-    images = []
-    for source, data in blobs:
-        try:
-            images.append(decode_image_bytes(data, source, draft_size=draft_size))
-        except UnreadableImageError as exc:
-            # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): say what it is instead
-            raise HTTPException(400, _BUFFER_REPR.sub("the data", str(exc))) from None
-    return images
+#: most validation problems named in a 400's message
+MAX_REPORTED_ERRORS = 3
+#: a JSON body may hold this many values per image allowed (``max_images``), counted as commas before parsing
+JSON_VALUES_PER_IMAGE = 16
 
 
 def _validation_message(exc: ValidationError | RequestValidationError) -> str:
+    errors = (exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError)
+              else exc.errors())
     problems = []
-    for error in exc.errors()[:5]:
+    for error in errors[:MAX_REPORTED_ERRORS]:
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "request"
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(problems)
+        problems.append(f"{where}: {str(error.get('msg', 'invalid'))[:200]}")
+    more = len(errors) - MAX_REPORTED_ERRORS
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _require_content_type(request: Request, allowed: Sequence[str]) -> str:
@@ -268,12 +363,50 @@ def _require_content_type(request: Request, allowed: Sequence[str]) -> str:
     return content_type
 
 
-async def _read_json(request: Request, model: type[BaseModel]) -> Any:
-    body = await request.body()
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _read_upload(file: BinaryIO) -> bytes:
+    file.seek(0)
+    return file.read()
+
+
+@contextlib.asynccontextmanager
+async def _multipart_form(request: Request, max_files: int) -> Any:
+    """``request.form()`` with at most ``max_files`` files and as many other fields: more files are a 413, like
+    too many images in JSON, as soon as the parser meets the first one too many."""
+    try:
+        async with request.form(max_files=max_files, max_fields=max_files) as form:
+            yield form
+    except StarletteHTTPException as exc:
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
+            raise HTTPException(413, f"more than {max_files} images in one request; the limit is {max_files}") \
+                from None
+        raise
+
+
+def parse_json_body(body: bytes, model: type[ModelT], list_field: str,
+                    check_count: Callable[[int, str], None], max_values: int) -> ModelT:
+    """A JSON request body validated as ``model``, cheapest checks first (run it in a worker thread).
+
+    1. more than ``max_values`` commas: 413 before parsing (a bound on the
+       number of values that costs one pass of ``bytes.count``);
+    2. not JSON, or nested too deeply for the parser: 400;
+    3. ``payload[list_field]`` is a list: ``check_count(len(list))`` before
+       validation (413 for too many images, 400 for none);
+    4. validation: 400 naming at most :data:`MAX_REPORTED_ERRORS` problems.
+    """
+    if body.count(b",") > max_values:
+        raise HTTPException(413, f"the JSON body holds more than {max_values} values: far more than the images "
+                                 f"a request may have")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, "request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
+        raise HTTPException(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
+    if isinstance(payload, dict) and isinstance(payload.get(list_field), list):
+        check_count(len(payload[list_field]), f"'{list_field}' is empty")
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -304,7 +437,15 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
         description="Classify images with a pretrained DNN + linear SVM. Send `Authorization: Bearer <key>` "
                     "to /score, /predict and /labels when the server has an API key.",
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_request_bytes,
+                       timeout_seconds=settings.body_timeout_seconds)
+    # Every request's CPU work runs in a worker thread holding one of these tokens: at most
+    # max_concurrent_decodes at once, the rest wait on the event loop without a thread (anyio's limiter).
+    work_limiter = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+    max_json_values = JSON_VALUES_PER_IMAGE * (settings.max_images + 4)
+
+    async def in_worker(function: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(function, *args, limiter=work_limiter)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -312,7 +453,7 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
 
     bearer = HTTPBearer(auto_error=False, description="the server's IMGCLASS_API_KEY, when it has one")
 
-    def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if settings.api_key is None:
             return
         given = credentials.credentials.encode() if credentials is not None else b""
@@ -320,12 +461,29 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
             raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    def classify(blobs: list[tuple[str, bytes]]) -> tuple[np.ndarray, float]:
-        """Decode and classify (in a worker thread): probabilities ``(N, K)`` and milliseconds."""
+    def network_input(data: bytes, source: str) -> Image.Image | np.ndarray:
+        """One image decoded and, when the predictor says how, transformed to the network's input at once,
+        so that the full-size decoded image is freed before the next one is decoded."""
+        try:
+            image = decode_image_bytes(data, source, draft_size=draft_size, max_pixels=settings.max_pixels)
+        except UnreadableImageError as exc:
+            # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): say what it is instead
+            raise HTTPException(400, _BUFFER_REPR.sub("the data", str(exc))) from None
+        return image if transform is None else transform.to_array(image)
+
+    def classify(sources: Sequence[tuple[str, Callable[[], bytes]]]) -> tuple[np.ndarray, float]:
+        """Read, decode and classify (in a worker thread): probabilities ``(N, K)`` and milliseconds.
+
+        ``sources`` are ``(name, read)`` pairs; each image's bytes are read
+        (base64-decoded, or read from the upload's file) only when its turn comes.
+        """
         start = time.perf_counter()
-        images = _decode_all(blobs, draft_size)
-        probabilities = np.asarray(predictor.predict(images).probabilities, dtype=np.float64)
+        inputs = [network_input(read(), source) for source, read in sources]
+        probabilities = np.asarray(predictor.predict(inputs).probabilities, dtype=np.float64)
         return probabilities, (time.perf_counter() - start) * 1000.0
+
+    def read_json(body: bytes, model: type[ModelT], list_field: str) -> ModelT:
+        return parse_json_body(body, model, list_field, check_count, max_json_values)
 
     def check_count(count: int, what: str) -> None:
         if count == 0:
@@ -341,20 +499,20 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
                            (415, "wrong content type")]}
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/health", response_model=HealthResponse, tags=["service"])
-    def health() -> HealthResponse:
-        """Liveness: the model is loaded. Needs no API key."""
+    async def health() -> HealthResponse:
+        """Liveness: the model is loaded. Needs no API key. Answered on the event loop, never behind image work."""
         return HealthResponse(status="ok", model_name=predictor.model_name, model_version=predictor.model_version,
                               num_labels=len(labels), api_key_required=settings.api_key is not None)
 
     @app.get("/labels", response_model=LabelsResponse, tags=["model"], dependencies=[Depends(require_api_key)],
              responses={401: errors[401]})
-    def get_labels() -> LabelsResponse:
+    async def get_labels() -> LabelsResponse:
         """The classes the model knows, in class-id order."""
         return LabelsResponse(labels=labels, Id2Labels=id2labels, model_name=predictor.model_name,
                               model_version=predictor.model_version)
@@ -366,11 +524,16 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
     async def score(request: Request) -> ScoreResponse:
         """The original tutorial's scoring call: base64 images in ``input_df`` rows."""
         _require_content_type(request, ["application/json"])
-        body: ScoreRequest = await _read_json(request, ScoreRequest)
-        check_count(len(body.input_df), "input_df is empty")
-        blobs = [(f"input_df[{i}]", decode_base64_image(row.image_base64, f"input_df[{i}]['{SCORE_IMAGE_FIELD}']"))
-                 for i, row in enumerate(body.input_df)]
-        probabilities, milliseconds = await run_in_threadpool(classify, blobs)
+        raw = await request.body()
+
+        def work() -> tuple[np.ndarray, float]:
+            body = read_json(raw, ScoreRequest, "input_df")
+            check_count(len(body.input_df), "'input_df' is empty")
+            return classify([(f"input_df[{i}]", functools.partial(
+                decode_base64_image, row.image_base64, f"input_df[{i}]['{SCORE_IMAGE_FIELD}']"))
+                for i, row in enumerate(body.input_df)])
+
+        probabilities, milliseconds = await in_worker(work)
         results = [ScoreResult(label=labels[int(np.argmax(p))], score=float(np.max(p)), allScores=p.tolist())
                    for p in probabilities]
         first = results[0]
@@ -397,17 +560,24 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
         content_type = _require_content_type(request, ["multipart/form-data", "application/json"])
         names: list[str | None]
         if content_type == "application/json":
-            body: PredictJsonRequest = await _read_json(request, PredictJsonRequest)
-            check_count(len(body.images), "'images' is empty")
-            blobs = [(f"images[{i}]", decode_base64_image(text, f"images[{i}]")) for i, text in enumerate(body.images)]
-            names = [None] * len(blobs)
+            raw = await request.body()
+
+            def work() -> tuple[list[str | None], tuple[np.ndarray, float]]:
+                body = read_json(raw, PredictJsonRequest, "images")
+                check_count(len(body.images), "'images' is empty")
+                return [None] * len(body.images), classify(
+                    [(f"images[{i}]", functools.partial(decode_base64_image, text, f"images[{i}]"))
+                     for i, text in enumerate(body.images)])
+
+            names, (probabilities, milliseconds) = await in_worker(work)
         else:
-            async with request.form() as form:
+            async with _multipart_form(request, settings.max_images) as form:
                 uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
                 check_count(len(uploads), "send the images as multipart file fields named 'images'")
                 names = [upload.filename for upload in uploads]
-                blobs = [(f"file {upload.filename or i!r}", await upload.read()) for i, upload in enumerate(uploads)]
-        probabilities, milliseconds = await run_in_threadpool(classify, blobs)
+                probabilities, milliseconds = await in_worker(classify, [
+                    (f"file {upload.filename or i!r}", functools.partial(_read_upload, upload.file))
+                    for i, upload in enumerate(uploads)])
         predictions = []
         for index, (name, best) in enumerate(zip(names, ranked_labels(probabilities, labels,
                                                                        top_k or settings.top_k))):
@@ -438,20 +608,22 @@ def warm_up(predictor: ImagePredictor, rounds: int = 3) -> float:
 
 
 @contextlib.contextmanager
-def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
-                        log_level: str = "warning") -> Iterator[str]:
+def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                        settings: ServiceSettings | None = None) -> Iterator[str]:
     """Run ``app`` under uvicorn in a daemon thread; yield its base URL, stop on exit.
 
     ``port=0`` picks a free port (the socket is bound before uvicorn starts, so
-    there is no race). For tests, benchmarks and notebooks; scripts/6_deploy.py
-    runs uvicorn in the foreground instead.
+    there is no race). The connection limits are those of ``settings``
+    (default: :class:`ServiceSettings`'s). For tests, benchmarks and
+    notebooks; scripts/6_deploy.py runs uvicorn in the foreground instead.
     """
     import uvicorn
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", server_header=False))
+    options = (settings or ServiceSettings()).uvicorn_options(host, port, log_level=log_level, lifespan="off")
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="imgclass-server", daemon=True)
     thread.start()
     try:
@@ -469,11 +641,15 @@ def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
 
 
 def describe_settings(settings: ServiceSettings) -> str:
-    """One line for the server log; says whether a key is required, never the key."""
+    """A few lines for the server log; says whether a key is required, never the key."""
     key = f"required (from ${API_KEY_ENV})" if settings.api_key else f"not required (${API_KEY_ENV} unset)"
-    return (f"max request {settings.max_request_bytes} bytes, max {settings.max_images} images per request, "
-            f"top {settings.top_k} labels; API key {key}")
+    return (f"max request {settings.max_request_bytes} bytes, max {settings.max_images} images per request "
+            f"of at most {settings.max_pixels / 1e6:g} MP each, {settings.max_concurrent_decodes} decoded at a "
+            f"time, top {settings.top_k} labels;\n"
+            f"  {settings.max_connections} connections, headers within {settings.header_timeout_seconds:g} s, "
+            f"bodies within {settings.body_timeout_seconds:g} s, idle connections closed after "
+            f"{settings.keep_alive_seconds} s; API key {key} (query strings are not logged)")
 
 
 __all__ = ["API_KEY_ENV", "ServiceSettings", "create_app", "describe_settings", "decode_base64_image",
-           "BodySizeLimit", "STATIC_DIR", "SCORE_IMAGE_FIELD", "serve_in_background", "warm_up"]
+           "BodyLimits", "STATIC_DIR", "SCORE_IMAGE_FIELD", "parse_json_body", "serve_in_background", "warm_up"]

@@ -10,11 +10,17 @@ from imgclass.parameters import Parameters, StepSpec
 
 STEP = StepSpec("serve", "scripts/6_deploy.py", "serve the trained model over HTTP (REST API + web page)",
                 ("datasetName", "rootDir", "run_device", "run_precision", "deploy_host", "deploy_port",
-                 "deploy_maxRequestBytes", "deploy_maxImages", "deploy_topK", "deploy_modelUri", "mlflow_trackingUri"))
+                 "deploy_maxRequestBytes", "deploy_maxImages", "deploy_topK", "deploy_modelUri", "mlflow_trackingUri",
+                 "images_maxPixels", "deploy_maxConcurrentDecodes", "deploy_maxConnections", "deploy_keepAliveSeconds",
+                 "deploy_headerTimeoutSeconds", "deploy_bodyTimeoutSeconds"))
 
 
 def serve(params: Parameters) -> None:
-    """Load ``proc/<ds>/`` once, warm the model up, and serve it with uvicorn until Ctrl-C / SIGTERM."""
+    """Load ``proc/<ds>/`` once, warm the model up, and serve it with uvicorn until Ctrl-C / SIGTERM.
+
+    uvicorn runs with the service's connection limits and a redacted access
+    log (:mod:`imgclass.serve.server`).
+    """
     import uvicorn
 
     from imgclass.serve.app import ServiceSettings, create_app, describe_settings, warm_up
@@ -28,5 +34,4 @@ def serve(params: Parameters) -> None:
     print(f"Warmed up the model in {warm_up(predictor):.1f} s", flush=True)
     print(f"Serving on http://{params.deploy_host}:{params.deploy_port}/ (web page), "
           f"API docs at /docs; Ctrl-C stops", flush=True)
-    uvicorn.run(create_app(predictor, settings), host=params.deploy_host, port=params.deploy_port,
-                log_level="info", server_header=False)
+    uvicorn.run(create_app(predictor, settings), **settings.uvicorn_options(params.deploy_host, params.deploy_port))
