@@ -251,3 +251,16 @@ def test_a_process_that_turns_warnings_into_errors_gets_an_unreadable_image() ->
 def test_an_rgb_image_is_not_copied_again() -> None:
     image = Image.new("RGB", (8, 8))
     assert flatten_to_rgb(image) is image
+
+
+def test_a_bomb_in_a_dataset_is_a_reported_skip_of_the_pipelines_loader(tmp_path: Path) -> None:
+    """Step 3, refinement and batch scoring load through ImageDataset: a bomb is a reported row, not a crash."""
+    from imgclass.model.dataset import ImageDataset
+    from imgclass.model.transforms import EvalTransform
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb(13000, 13000))
+    good = make_photo(tmp_path / "good.jpg")
+    batch = ImageDataset([tmp_path / "bomb.png", good], EvalTransform(32)).__getitems__([0, 1])
+    assert "bomb.png" in batch.errors[0] and "over the limit" in batch.errors[0]
+    assert batch.errors[1] == "" and batch.readable.tolist() == [False, True]
+    assert not batch.images[0].numpy().any()
