@@ -94,11 +94,11 @@ def test_step_3_features_are_bit_identical_whatever_workers_and_batch_size(tmp_p
     # a small job may use worker processes too (normally it needs 4 batches per worker to start them)
     monkeypatch.setattr(imgclass.model.runtime, "MIN_BATCHES_PER_CPU_WORKER", 1)
     params = load_parameters(rootDir=str(tmp_path), datasetName="toy", rf_pretrainedModelFilename="efficientnet_lite0",
-                             rf_inputResolution=64, run_precision="fp32")
+                             rf_inputResolution=32, run_precision="fp32")
     layout = DatasetLayout.from_parameters(params)
     make_dataset(layout.images_dir, {"a": 17, "b": 17}, size=(80, 60))
     prepare_data(params)
-    build_featurizer(params, progress=False)
+    build_featurizer(params, pretrained=False, progress=False)  # random weights: the kernels are the same
     features = {}
     for workers, batch_size in [(0, 32), (0, 8), (2, 8), (2, 32)]:
         layout.features_cache_json.unlink(missing_ok=True)  # recompute every row
