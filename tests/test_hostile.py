@@ -33,7 +33,7 @@ DEPLOY = PROJECT_DIR / "scripts" / "6_deploy.py"
 API_KEY = "hostile-test-key-5c1d7e"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 #: the service's limits in this module: small, so that the timeouts take seconds, not minutes
-LIMITS = {"deploy_maxImages": 4, "deploy_maxConnections": 8, "deploy_headerTimeoutSeconds": 1.0,
+LIMITS = {"deploy_maxImages": 4, "deploy_maxConnections": 12, "deploy_headerTimeoutSeconds": 1.0,
           "deploy_bodyTimeoutSeconds": 2.0, "deploy_keepAliveSeconds": 1, "images_maxPixels": 40_000_000}
 MAX_HEALTH_SECONDS = 0.5
 MAX_PEAK_GROWTH_MB = 300.0
@@ -381,5 +381,5 @@ def test_the_server_is_still_well_and_says_what_its_limits_are(server: RunningSe
     response = predict_files(server, ("ok.jpg", jpeg_bytes((64, 48))))
     assert response.status_code == 200, response.text
     log = server.log.read_text()
-    assert "8 connections, headers within 1 s, bodies within 2 s" in log
+    assert "12 connections, headers within 1 s, bodies within 2 s" in log
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
