@@ -122,6 +122,10 @@ svm_boL2Normalize = True
 svm_cvFolds = 5
 # parallel jobs for the C search (-1 = all cores)
 svm_nJobs = -1
+# with more training images than this, C is chosen on a stratified sample of this many, then
+# fitted once on all of them (and calibrated on a held-out 1/svm_cvFolds of this many); 0 = always
+# cross-validate on all (cost and accuracy: BENCHMARKS.md)
+svm_maxRowsForCV = 20000
 
 # --- Running the DNN ------------------------------------------------------------------------------
 # Where and how the network runs: step 3, refinement, serving and batch scoring.

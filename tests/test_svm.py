@@ -1,5 +1,5 @@
 """The SVM: scikit-learn's shape, C chosen on the training set only, score shapes, calibrated probabilities,
-the files of step 4."""
+the files of step 4, and large training sets (C chosen on a sample, one fit on all)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from imgclass.errors import DatasetError, MissingArtifactError
-from imgclass.model.svm import LinearSvm, LinearSvmCV, effective_folds, load_svm, save_svm, select_C
+from imgclass.model.svm import (LinearSvm, LinearSvmCV, calibration_split, effective_folds, load_svm, save_svm,
+                                select_C, stratified_subsample)
 
 
 def _blobs(n_per_class: int, n_classes: int, dim: int = 20, spread: float = 1.0, seed: int = 0):
@@ -139,3 +140,60 @@ def test_broken_or_mismatched_files_are_one_line_errors_saying_how_to_rebuild(tm
     joblib.dump({"something": "else"}, joblib_path)
     with pytest.raises(MissingArtifactError, match="not an imgclass SVM"):
         load_svm(joblib_path, json_path)
+
+
+def test_samples_keep_every_class_in_proportion() -> None:
+    y = np.array([0] * 600 + [1] * 300 + [2] * 6 + [3])
+    rows = stratified_subsample(y, 100, min_per_class=4, random_state=1)
+    assert np.all(np.diff(rows) > 0) and np.bincount(y[rows]).tolist() == [66, 33, 4, 1]
+    assert np.array_equal(stratified_subsample(y, 5000), np.arange(len(y)))  # no more rows than there are
+    fit, held = calibration_split(y, 90, random_state=1)
+    assert np.bincount(y[held]).tolist() == [60, 30, 1, 1]  # at least one of each class
+    assert np.bincount(y[fit]).tolist() == [540, 270, 5, 1]  # ... and one left for the SVM: 3's only row is in both
+    assert set(fit) & set(held) == {len(y) - 1} and set(fit) | set(held) == set(range(len(y)))
+
+
+def test_above_max_rows_for_cv_C_is_chosen_on_a_sample_then_fitted_once_on_all_rows(tmp_path: Path) -> None:
+    X, y = _blobs(200, 3, spread=3.0)
+    labels = np.array(["a", "b", "c"])[y]
+    grid = [1e-3, 0.1, 10.0]
+    model = LinearSvmCV(grid, cv=3, n_jobs=1, max_rows_for_cv=150).fit(X, labels)
+    sample = stratified_subsample(np.unique(labels, return_inverse=True)[1], 150, 3, 0)
+    assert model.n_search_rows_ == len(sample) == 150
+    alone = select_C(X[sample], y[sample], grid, folds=3, n_jobs=1)  # the same search, on the sample
+    assert (model.cv_results_.cv_accuracy, model.C_) == (alone.cv_accuracy, alone.best_C)
+    best = model.best_estimator_
+    assert abs(best.n_held_out_ - 150 // 3) <= 3 and best.calibrated_ is not None  # sigmoids on held-out rows
+    assert not np.array_equal(model.estimators_[model.C_].pipeline_[-1].coef_, best.pipeline_[-1].coef_)
+    assert model.score(X, labels) > 0.9 and model.best_fit_seconds_ > 0
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert (model.classes_[proba.argmax(axis=1)] == labels).mean() > 0.9
+    save_svm(best, tmp_path / "svm.joblib", tmp_path / "svm.json")
+    assert np.array_equal(load_svm(tmp_path / "svm.joblib", tmp_path / "svm.json").predict_proba(X), proba)
+    small = LinearSvmCV(grid, cv=3, n_jobs=1, max_rows_for_cv=600).fit(X, labels)  # at the limit: as before
+    assert small.n_search_rows_ == 600 and small.best_estimator_.n_held_out_ == 0
+
+
+def test_step_4_says_when_C_was_chosen_on_a_sample(tmp_path: Path) -> None:
+    from imgclass.data.splits import TEST, TRAIN, SplitRow, write_split
+    from imgclass.layout import DatasetLayout
+    from imgclass.parameters import load_parameters
+    from imgclass.pipeline import train_classifier
+
+    X, y = _blobs(100, 2, spread=3.0)
+    layout = DatasetLayout(tmp_path, "big")
+    rows = [SplitRow(f"c{label}/{i}.jpg", f"c{label}", TEST if i % 4 == 0 else TRAIN) for i, label in enumerate(y)]
+    write_split(rows, ["c0", "c1"], layout.split_csv, layout.labels_json)
+    np.save(layout.features_npy, X)
+    layout.features_csv.write_text("row,path,label,split,ok\n" + "".join(
+        f"{i},{r.path},{r.label},{r.split},1\n" for i, r in enumerate(rows)), encoding="utf-8")
+    params = load_parameters(rootDir=str(tmp_path), datasetName="big", svm_CVals=[0.01, 1.0], svm_cvFolds=3,
+                             svm_nJobs=1, svm_maxRowsForCV=60)
+    report = train_classifier(params)
+    summary = report.summary()
+    assert "on a stratified 60 of the 150 training images (svm_maxRowsForCV" in summary
+    assert "fitted once on all 150 training images but 20 held out to calibrate it" in summary
+    assert report.final["test_accuracy"] > 0.8
+    info = json.loads(layout.svm_json.read_text())
+    assert (info["cv_rows"], info["calibration_held_out_rows"], info["final"]) == (60, 20, report.final)

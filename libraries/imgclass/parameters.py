@@ -347,6 +347,11 @@ class Parameters:
                                       "class's size)", check=lambda v: None if v >= 2 else "must be >= 2")
     svm_nJobs: int = _param(SVM, -1, "parallel jobs for the C search (-1 = all cores)",
                             check=lambda v: None if v == -1 or v >= 1 else "must be -1 or >= 1")
+    svm_maxRowsForCV: int = _param(SVM, 20_000, "with more training images than this, C is chosen on a stratified "
+                                                "sample of this many, then fitted once on all of them (and "
+                                                "calibrated on a held-out 1/svm_cvFolds of this many); 0 = always "
+                                                "cross-validate on all (cost and accuracy: BENCHMARKS.md)",
+                                   check=_non_negative)
 
     run_mbSize: int = _param(RUN, 32, "featurization batch size", check=_positive)
     run_device: str = _param(RUN, "auto", "'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda', 'cuda:N', 'mps'",

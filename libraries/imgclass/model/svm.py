@@ -12,6 +12,17 @@ constructor, ``fit(X, y)``, ``decision_function``, ``predict``,
   evaluation code can report each one. The original tutorial picked C by its
   test-set accuracy, which makes the reported test accuracy optimistic.
 
+A training set of N rows costs ``len(Cs) x folds`` fits for the search,
+``len(Cs)`` refits and ``folds`` more for the calibration: fine for thousands of
+images, the bottleneck of the pipeline for hundreds of thousands (liblinear
+runs on one core and holds its own float64 copy of the rows). Above
+``max_rows_for_cv`` rows, :class:`LinearSvmCV` therefore chooses C (and fits
+the per-C models) on a stratified subsample of that many rows, fits the
+chosen C once on all rows but a held-out stratified sample, and fits the
+calibration's sigmoids on that sample (``LinearSvm(calibration_rows=...)``):
+one large fit instead of ``len(Cs) x (folds + 1) + folds + 1``. Its accuracy
+cost is measured in BENCHMARKS.md (``benchmarks/spark.py``).
+
 On disk (step 4): ``svm.joblib`` holds only scikit-learn objects (a dict of the
 fitted ``Pipeline`` and ``CalibratedClassifierCV``), ``svm.json`` the metadata
 (labels, C, featurizer recipe, CV table) and the SHA-256 of the joblib file it
@@ -137,6 +148,55 @@ def select_C(X_train: np.ndarray, y_train: np.ndarray, C_values: Sequence[float]
                          float(C_values[best]))
 
 
+def _class_rows(y: np.ndarray) -> list[np.ndarray]:
+    """The row indices of each distinct value of ``y``, in sorted order of the values."""
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+
+
+def stratified_subsample(y: np.ndarray, size: int, min_per_class: int = 1, random_state: int = 0) -> np.ndarray:
+    """Sorted indices of about ``size`` rows of ``y``: each class in proportion, and at least ``min_per_class``
+    rows of it (all of a smaller class), so that every class is in every fold of a search on them."""
+    y = np.asarray(y)
+    if size >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(random_state)
+    chosen = [rng.choice(rows, min(len(rows), max(min_per_class, round(len(rows) * size / len(y)))), replace=False)
+              for rows in _class_rows(y)]
+    return np.sort(np.concatenate(chosen))
+
+
+def calibration_split(y: np.ndarray, size: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows the SVM is fitted on, rows its sigmoids are fitted on)``: about ``size`` rows held out, stratified.
+
+    Every class is in both: a class of one row has it in both (the sigmoids
+    need every class the SVM knows), any other class keeps at least one row
+    for the SVM and gives at least one to the calibration.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(random_state)
+    held = np.zeros(len(y), dtype=bool)
+    fit = np.ones(len(y), dtype=bool)
+    for rows in _class_rows(y):
+        if len(rows) == 1:
+            held[rows] = True
+            continue
+        picked = rng.choice(rows, min(len(rows) - 1, max(1, round(len(rows) * size / len(y)))), replace=False)
+        held[picked] = True
+        fit[picked] = False
+    return np.flatnonzero(fit), np.flatnonzero(held)
+
+
+def _calibrate_fitted(pipeline: Pipeline, X: np.ndarray, y: np.ndarray) -> CalibratedClassifierCV:
+    """Platt sigmoids for an already fitted SVM, fitted on held-out rows (no further fit of the SVM)."""
+    try:
+        from sklearn.frozen import FrozenEstimator  # scikit-learn >= 1.6
+    except ImportError:  # older releases: the 'prefit' form (deprecated since 1.6)
+        return _quiet_fit(CalibratedClassifierCV(pipeline, method="sigmoid", cv="prefit"), X, y)
+    every = np.arange(len(y))  # one "fold" holding every row: the frozen SVM is not refitted, so none is needed
+    return _quiet_fit(CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid", cv=[(every, every)]), X, y)
+
+
 def _encode(y: Any, classes: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(classes_, class ids of y)``: ``classes`` (all, in column order) or the sorted values of ``y``."""
     y = np.asarray(y)
@@ -164,6 +224,11 @@ class LinearSvm(ClassifierMixin, BaseEstimator):
         probabilities a service can report as confidence.
     cv:
         Folds of that calibration (at most the smallest class's size).
+    calibration_rows:
+        0: calibrate by ``cv``-fold cross-validation (``cv`` more fits of the
+        SVM). > 0: hold out a stratified sample of about this many rows (see
+        :func:`calibration_split`), fit the SVM once on the others and the
+        sigmoids on them: for training sets too large to fit ``cv + 1`` times.
     random_state, n_jobs:
         Seed of liblinear and of the folds; processes for the calibration.
     classes:
@@ -179,10 +244,13 @@ class LinearSvm(ClassifierMixin, BaseEstimator):
         The fitted ``Normalizer`` + ``LinearSVC`` pipeline (on class ids).
     calibrated_:
         The fitted ``CalibratedClassifierCV`` (on class ids), or None.
+    n_held_out_:
+        Rows held out for the calibration (0: calibrated by cross-validation).
     """
 
     def __init__(self, C: float = 1.0, l2_normalize: bool = True, probability: bool = True, cv: int = 5,
-                 random_state: int = 0, n_jobs: int | None = None, classes: Sequence[Any] | None = None):
+                 random_state: int = 0, n_jobs: int | None = None, classes: Sequence[Any] | None = None,
+                 calibration_rows: int = 0):
         self.C = C
         self.l2_normalize = l2_normalize
         self.probability = probability
@@ -190,6 +258,7 @@ class LinearSvm(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.classes = classes
+        self.calibration_rows = calibration_rows
 
     def fit(self, X: np.ndarray, y: Sequence[Any]) -> "LinearSvm":
         """Fit on features ``X`` (N, D) and classes ``y`` (N,)."""
@@ -197,6 +266,14 @@ class LinearSvm(ClassifierMixin, BaseEstimator):
         self.classes_, ids = _encode(y, self.classes)
         if len(np.unique(ids)) < 2:
             raise DatasetError("the SVM needs training images of at least 2 classes")
+        self.n_held_out_ = 0
+        if self.probability and self.calibration_rows > 0:
+            fit_rows, held = calibration_split(ids, self.calibration_rows, self.random_state)
+            self.pipeline_ = _quiet_fit(make_svm(self.C, self.l2_normalize, self.random_state), X[fit_rows],
+                                        ids[fit_rows])
+            self.calibrated_ = _calibrate_fitted(self.pipeline_, X[held], ids[held])
+            self.n_held_out_ = int(len(held))
+            return self
         self.pipeline_ = _quiet_fit(make_svm(self.C, self.l2_normalize, self.random_state), X, ids)
         self.calibrated_ = None
         if self.probability:
@@ -270,7 +347,13 @@ class LinearSvmCV(ClassifierMixin, BaseEstimator):
     estimator:
         A :class:`LinearSvm` giving ``l2_normalize``, ``random_state`` and
         ``classes`` (its ``C``, ``probability`` and ``cv`` are set by the
-        search); default ``LinearSvm()``.
+        search; ``calibration_rows`` too, unless it sets it); default
+        ``LinearSvm()``.
+    max_rows_for_cv:
+        With more training rows than this (None or 0: no limit), C is chosen,
+        and the per-C models fitted, on a stratified subsample of this many
+        rows (:func:`stratified_subsample`); the chosen C is then fitted once
+        on all rows but ``max_rows_for_cv // cv`` held out for its calibration.
 
     Attributes
     ----------
@@ -279,38 +362,61 @@ class LinearSvmCV(ClassifierMixin, BaseEstimator):
     C_:
         The chosen C.
     estimators_:
-        ``{C: LinearSvm}`` fitted on the whole training set for every C, without
-        calibration, so evaluation code can report each C (:attr:`fit_seconds_`
-        are their fitting times). The test set plays no part in the choice.
+        ``{C: LinearSvm}`` fitted on the search's rows (the whole training set
+        unless it was subsampled) for every C, without calibration, so
+        evaluation code can report each C (:attr:`fit_seconds_` are their
+        fitting times). The test set plays no part in the choice.
+    n_search_rows_:
+        Rows the search and :attr:`estimators_` used (all of them, or the subsample).
     best_estimator_:
         The chosen C's model, with calibrated probabilities; what
         ``decision_function``, ``predict`` and ``predict_proba`` use.
+    best_fit_seconds_:
+        Its fitting time, calibration included.
     """
 
     def __init__(self, Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0), cv: int = 5, n_jobs: int | None = -1,
-                 estimator: LinearSvm | None = None):
+                 estimator: LinearSvm | None = None, max_rows_for_cv: int | None = None):
         self.Cs = Cs
         self.cv = cv
         self.n_jobs = n_jobs
         self.estimator = estimator
+        self.max_rows_for_cv = max_rows_for_cv
 
     def fit(self, X: np.ndarray, y: Sequence[Any]) -> "LinearSvmCV":
-        """Choose C on ``(X, y)`` by cross-validation, then fit every C (in parallel) and the chosen one calibrated."""
+        """Choose C on ``(X, y)`` by cross-validation, then fit every C (in parallel) and the chosen one calibrated.
+
+        Above ``max_rows_for_cv`` rows the search and the per-C fits see a
+        stratified subsample, and the chosen C is fitted once on (nearly) all
+        rows, its calibration on a held-out sample.
+        """
         X = np.asarray(X)
         template = self.estimator if self.estimator is not None else LinearSvm()
         classes_, ids = _encode(y, template.classes)
-        search = select_C(X, ids, list(self.Cs), self.cv, template.l2_normalize, template.random_state, self.n_jobs)
+        limit = self.max_rows_for_cv or 0
+        subsampled = 0 < limit < len(ids)
+        if subsampled:
+            rows = stratified_subsample(ids, limit, self.cv, template.random_state)
+            X_search, ids_search = X[rows], ids[rows]
+        else:
+            X_search, ids_search = X, ids
+        search = select_C(X_search, ids_search, list(self.Cs), self.cv, template.l2_normalize, template.random_state,
+                          self.n_jobs)
         base = clone(template).set_params(probability=False, cv=self.cv, classes=classes_.tolist())
-        y = classes_[ids]
+        y_search = classes_[ids_search]
         order = sorted(search.C_values, key=lambda C: -C)  # longest fits first
-        fitted = Parallel(n_jobs=self.n_jobs)(delayed(_fit_timed)(clone(base).set_params(C=C), X, y)
+        fitted = Parallel(n_jobs=self.n_jobs)(delayed(_fit_timed)(clone(base).set_params(C=C), X_search, y_search)
                                               for C in order)
         self.cv_results_ = search
         self.C_ = search.best_C
         self.estimators_ = {C: fitted[order.index(C)][0] for C in search.C_values}
         self.fit_seconds_ = {C: fitted[order.index(C)][1] for C in search.C_values}
-        best = clone(base).set_params(C=search.best_C, probability=True, n_jobs=self.n_jobs)
-        self.best_estimator_ = best.fit(X, y)
+        self.n_search_rows_ = len(ids_search)
+        del X_search  # the subsample's copy, before the one large fit
+        calibration_rows = template.calibration_rows or (limit // self.cv if subsampled else 0)
+        best = clone(base).set_params(C=search.best_C, probability=True, n_jobs=self.n_jobs,
+                                      calibration_rows=calibration_rows)
+        self.best_estimator_, self.best_fit_seconds_ = _fit_timed(best, X, classes_[ids])
         self.classes_ = classes_
         return self
 
