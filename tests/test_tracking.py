@@ -215,8 +215,9 @@ def test_6_deploy_serves_a_registered_version_and_health_names_it(store: dict[st
     import uvicorn
     from fastapi.testclient import TestClient
 
-    served: list[Any] = []
+    served: list[Any] = []  # the app 6_deploy built; uvicorn's server does not start (nothing listens)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *args, **kwargs: served.append(server.config.app))
     monkeypatch.setenv("IMGCLASS_PARAMETERS", str(store["parameters"]))
     script = runpy.run_path(str(PROJECT_DIR / "scripts" / "6_deploy.py"), run_name="served")
     _quiet(script["main"], [f"--deploy_modelUri=models:/{MODEL}/1", "--run_device=cpu"])
@@ -317,8 +318,10 @@ def _tiny_root(tmp_path: Path) -> Parameters:
 def test_tracking_off_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")  # '' wins over it
     params = _tiny_root(tmp_path).replace(mlflow_trackingUri="")
-    _, out, err = _quiet(run_step, _step("prepare"), params)
     layout = DatasetLayout.from_parameters(params)
+    layout.proc_dir.mkdir(parents=True)
+    layout.mlflow_run_json.write_text('{"run_id": "an earlier pipeline run"}')  # never resumed by steps 2-5
+    _, out, err = _quiet(run_step, _step("prepare"), params)
     assert layout.split_csv.is_file() and not layout.mlflow_run_json.exists()
     assert not list(tmp_path.glob("*.db")) and "Tracking" not in out and not err
 

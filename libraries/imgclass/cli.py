@@ -124,16 +124,19 @@ def pipeline_steps() -> tuple["StepSpec", ...]:
     return tuple(tracked(step) for step in pipeline.STEPS)
 
 
-def run_step(step: "StepSpec", params: "Parameters", progress: bool = False) -> Any:
+def run_step(step: "StepSpec", params: "Parameters", progress: bool = False, tracking: Any = None) -> Any:
     """Run one of steps 1-5 inside the dataset's MLflow run and return its report.
 
     The one place where steps run (scripts 1-5 and ``python -m imgclass run``):
-    :class:`~imgclass.tracking.runs.StepTracker` starts (step 1) or resumes
-    (steps 2-5) the run, and logs what the step did after its files are
-    written; a tracking failure is a warning, never a failed step.
+    :class:`~imgclass.tracking.tracker.StepTracker` starts (step 1) or resumes
+    (steps 2-5) the run in a worker process beside the step, and logs what the
+    step did after its files are written; a tracking failure is a warning,
+    never a failed step. ``tracking``: a
+    :class:`~imgclass.tracking.tracker.TrackingSession` shared by several steps
+    (default: one for this step, waited for before returning).
     """
     from imgclass import pipeline
-    from imgclass.tracking.runs import StepTracker
+    from imgclass.tracking.tracker import StepTracker
 
     functions: dict[str, Callable[[], Any]] = {
         "prepare": lambda: pipeline.prepare_data(params),
@@ -142,7 +145,7 @@ def run_step(step: "StepSpec", params: "Parameters", progress: bool = False) -> 
         "train": lambda: pipeline.train_classifier(params),
         "evaluate": lambda: pipeline.evaluate(params),
     }
-    with StepTracker(params, step) as tracker:
+    with StepTracker(params, step, tracking) as tracker:
         report = functions[step.name]()
         tracker.record(report)
     return report
@@ -215,15 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_pipeline(argv: list[str]) -> None:
     """``python -m imgclass run``: steps 1-5 in this process, each printing what its script prints."""
     from imgclass.layout import DatasetLayout
+    from imgclass.tracking.tracker import TrackingSession
 
     steps = pipeline_steps()
     params = parse_steps(argv, steps, "Run steps 1-5 (split, build the DNN, featurize, train the SVM, "
                          "evaluate) in one process.", None, RUN_LABEL)
     progress = sys.stderr.isatty()
     start = time.perf_counter()
-    for step in steps:
-        print(f"== {step.label[0].upper()}{step.label[1:]}: {step.summary} ({step.script})", flush=True)
-        print(run_step(step, params, progress).summary(), flush=True)
+    with TrackingSession() as tracking:  # one tracking worker for the five steps, waited for at the end
+        for step in steps:
+            print(f"== {step.label[0].upper()}{step.label[1:]}: {step.summary} ({step.script})", flush=True)
+            print(run_step(step, params, progress, tracking).summary(), flush=True)
     print(f"== Steps 1-5 done in {time.perf_counter() - start:.1f} s; results in "
           f"{DatasetLayout.from_parameters(params).results_dir}")
 

@@ -335,14 +335,10 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def model_files(layout: DatasetLayout) -> dict[str, Path]:
+def model_files(layout: DatasetLayout, classifier: str) -> dict[str, Path]:
     """The files of the dataset's current model (``'dnn'``: no SVM files), checked to exist."""
-    from imgclass.model.featurizer import Featurizer
-
     files = {"featurizer": layout.featurizer_pth, "labels": layout.labels_json}
-    if not layout.featurizer_pth.is_file():
-        raise MissingArtifactError(f"{layout.featurizer_pth} does not exist: run scripts/2_refineDNN.py first")
-    if Featurizer.load(layout.featurizer_pth).output != "logits":
+    if classifier != "dnn":
         files.update(svm_joblib=layout.svm_joblib, svm_json=layout.svm_json)
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
@@ -360,17 +356,19 @@ def _package_snapshot(into: Path) -> Path:
     return target
 
 
-def save_model(layout: DatasetLayout, path: Path, example_image: Path | None = None,
+def save_model(layout: DatasetLayout, path: Path, classifier: str, example_image: Path | None = None,
                metadata: Mapping[str, Any] | None = None) -> Path:
     """Write the dataset's current model (steps 2-4's files) as an MLflow pyfunc model folder at ``path``.
 
+    ``classifier``: the ``classifier`` parameter the files were made with
+    (``'dnn'``: the network classifies, there is no SVM);
     ``example_image``: an image whose thumbnail becomes the input example;
     ``metadata``: stored in the model's ``MLmodel`` file (dataset, classifier, ...).
     """
     mlflow = import_mlflow()
     import pandas as pd
 
-    files = model_files(layout)
+    files = model_files(layout, classifier)
     with tempfile.TemporaryDirectory(prefix="imgclass-model-") as scratch:
         code_file = Path(scratch) / "imgclass_model.py"
         code_file.write_text(MODEL_CODE, encoding="utf-8")

@@ -7,8 +7,12 @@
   id to ``proc/<ds>/mlflow_run.json``; steps 2-5, each its own process, resume
   it; a failure of the store (server down, disk full) is a warning, never a
   failed step;
+- :mod:`imgclass.tracking.tracker` (the step's side, used by ``imgclass.cli.run_step``)
+  and :mod:`imgclass.tracking.worker` (a process beside the step that imports
+  MLflow and talks to the store while the step works);
 - :mod:`imgclass.tracking.registry`: the model as a new version of the
-  registered model, tagged with its test metrics; promotion to ``@champion``.
+  registered model, tagged with its test metrics; promotion to ``@champion``;
+- :mod:`imgclass.tracking.compare`: a table of a dataset's runs.
 
 The pyfunc model itself and where the store is (``mlflow_trackingUri``) live
 in :mod:`imgclass.serve.pyfunc`, below this layer, because serving needs them

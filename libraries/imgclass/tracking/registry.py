@@ -40,13 +40,13 @@ def registered_model_name(params: Parameters) -> str:
     return params.mlflow_registeredModelName or f"imgclass-{params.datasetName}"
 
 
-def log_and_register(client: Any, run_id: str, layout: DatasetLayout, name: str, example_image: Path | None,
-                     tags: Mapping[str, str]) -> str:
+def log_and_register(client: Any, run_id: str, layout: DatasetLayout, name: str, classifier: str,
+                     example_image: Path | None, tags: Mapping[str, str]) -> str:
     """Save the dataset's current model as a pyfunc, log it to ``run_id`` and register it; its version number."""
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="imgclass-model-") as scratch:
-        folder = save_model(layout, Path(scratch) / MODEL_ARTIFACT_PATH, example_image,
+        folder = save_model(layout, Path(scratch) / MODEL_ARTIFACT_PATH, classifier, example_image,
                             {"dataset": layout.dataset, **tags})
         client.log_artifacts(run_id, str(folder), MODEL_ARTIFACT_PATH)
     try:

@@ -7,31 +7,31 @@ alone after the run ended adds to it and says so; a step that finds no run
 of its store to add to (tracking was off for step 1, the store changed, the
 run was deleted) starts one and says that.
 
-:class:`StepTracker` wraps one step (``imgclass.cli`` runs every step through
-it). Tracking must never cost a result: the step's files are written before
-anything is logged, and any failure of the store (server down, disk full,
-database locked) becomes one warning on stderr, after which the step goes on
-untracked. ``mlflow_trackingUri = ''`` turns all of it off.
+:class:`RunLogger` does this from plain data (a :class:`StepJob` and the
+step's :class:`~imgclass.tracking.records.StepRecord`): it runs in the
+tracking worker process (:mod:`imgclass.tracking.worker`), so that importing
+MLflow and talking to the store overlap with the step's own work instead of
+adding to it. Any failure of the store (server down, disk full, database
+locked) becomes one warning, after which tracking stops for the process: the
+step's files are written by the step itself, never by this code.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from imgclass.io.atomic import write_json
 from imgclass.layout import DatasetLayout
-from imgclass.parameters import Parameters, StepSpec
+from imgclass.parameters import Parameters
 from imgclass.serve.pyfunc import artifact_location, import_mlflow, prepare_store, resolve_tracking_uri, sqlite_path
 from imgclass.tracking import records
-from imgclass.tracking.registry import VERSION_TAG, log_and_register, registered_model_name, \
-    tag_version_with_metrics
+from imgclass.tracking.registry import log_and_register, registered_model_name, tag_version_with_metrics
 
 #: The step that starts a run, and the one that ends it.
 FIRST_STEP, LAST_STEP = "prepare", "evaluate"
@@ -64,6 +64,57 @@ class TrackingSettings:
         return f"open {self.tracking_uri}" if self.tracking_uri.startswith("http") else "mlflow ui"
 
 
+@dataclass
+class StepJob:
+    """What the tracking worker needs to know about one step: plain data, sent as JSON."""
+
+    tracking_uri: str
+    experiment_name: str
+    model_name: str
+    root: str
+    dataset: str
+    step_name: str
+    step_label: str
+    step_script: str
+    project_dir: str
+    #: the ``classifier`` parameter when the step reads it, else ''
+    classifier: str = ""
+    #: step 1: ``mlflow_run.json`` as it was before this step removed it (an unfinished run is marked KILLED)
+    previous: dict[str, Any] | None = None
+
+    @property
+    def layout(self) -> DatasetLayout:
+        return DatasetLayout(Path(self.root), self.dataset)
+
+    @property
+    def settings(self) -> TrackingSettings:
+        return TrackingSettings(self.tracking_uri, self.experiment_name, self.model_name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RecordJob:
+    """A step's record, whether it completes a model, and (step 5) the tags for the model version."""
+
+    record: records.StepRecord
+    log_model: bool = False
+    version_tags: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self.record)
+        record["artifacts"] = [[str(path), folder] for path, folder in self.record.artifacts]
+        return {"record": record, "log_model": self.log_model, "version_tags": self.version_tags}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RecordJob":
+        raw = dict(data["record"])
+        raw["artifacts"] = [(Path(path), folder) for path, folder in raw.get("artifacts", [])]
+        raw["series"] = [tuple(item) for item in raw.get("series", [])]
+        return cls(records.StepRecord(**raw), bool(data.get("log_model")), data.get("version_tags"))
+
+
 def git_commit(folder: Path) -> str | None:
     """The commit checked out in ``folder``'s git repository, or None (no git, not a repository)."""
     try:
@@ -75,115 +126,106 @@ def git_commit(folder: Path) -> str | None:
     return commit if result.returncode == 0 and len(commit) == 40 else None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (MLflow's errors can be pages long)."""
     text = str(getattr(exc, "message", "") or exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-class StepTracker:
-    """Tracks one step: opens (or starts) the dataset's run, logs the step's record, the model, the end.
+def read_pointer(layout: DatasetLayout) -> dict[str, Any] | None:
+    """``mlflow_run.json`` as the last step 1 wrote it (None if missing or unreadable)."""
+    try:
+        saved = json.loads(layout.mlflow_run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
-    Use as ``with StepTracker(params, step) as tracker: report = ...; tracker.record(report)``.
-    Every call into MLflow goes through :meth:`_attempt`: the first failure is
-    one warning and switches tracking off for the rest of the step.
+
+class RunLogger:
+    """Logs steps to the dataset's run (the tracking worker's side): open, record, fail.
+
+    ``log`` receives progress lines for the user, ``warn`` the one warning of a
+    failure; after a failure every later call does nothing.
     """
 
-    def __init__(self, params: Parameters, step: StepSpec, log: Callable[[str], None] = print,
-                 warn: Callable[[str], None] | None = None):
-        self.params = params
-        self.step = step
-        self.settings = TrackingSettings.from_parameters(params)
-        self.layout = DatasetLayout.from_parameters(params)
+    def __init__(self, log: Callable[[str], None], warn: Callable[[str], None]):
         self.log = log
-        self.warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.warn = warn
         self.client: Any = None
+        self.job: StepJob | None = None
         self.run_id: str | None = None
         self.run_name = ""
         self.failed = False
-        self.seconds = 0.0  # time spent tracking (the overhead a benchmark reports)
 
-    # --- the guard ---------------------------------------------------------------------------------------
     def _attempt(self, what: str, action: Callable[[], Any]) -> Any:
-        """``action()``, or None after turning a failure into one warning (tracking stops for this step)."""
-        if self.failed or not self.settings.enabled:
+        """``action()``, or None after turning a failure into one warning (tracking stops here)."""
+        if self.failed:
             return None
-        start = time.perf_counter()
         try:
             return action()
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # any failure of the store must not cost the step's result
+        except Exception as exc:  # any failure of the store must not cost a result
             self.failed = True
-            self.warn(f"warning: MLflow tracking failed while {what} ({_one_line(exc)}); the step's results are "
-                      f"saved in {self.layout.proc_dir} and {self.layout.results_dir}, but this step is not (fully) "
-                      f"tracked in {self.settings.tracking_uri}")
+            job = self.job
+            where = f" in {job.tracking_uri}" if job else ""
+            saved = f"; the step's results are saved in {job.layout.proc_dir} and {job.layout.results_dir}" \
+                if job else ""
+            self.warn(f"warning: MLflow tracking failed while {what} ({one_line(exc)}){saved}, but from here on "
+                      f"nothing is tracked{where}")
             return None
-        finally:
-            self.seconds += time.perf_counter() - start
 
     # --- opening the run -------------------------------------------------------------------------------------
-    def __enter__(self) -> "StepTracker":
-        self._attempt(f"opening the run at {self.settings.tracking_uri}", self._open)
-        return self
+    def open(self, job: StepJob) -> None:
+        """Start (step 1) or resume (steps 2-5) the dataset's run for ``job``'s step."""
+        self.job, self.run_id = job, None
+        self._attempt(f"opening the run of {job.step_label}", lambda: self._open(job))
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and self.run_id and not isinstance(exc, KeyboardInterrupt):
-            self._attempt("noting the failed step", lambda: self.client.set_tag(
-                self.run_id, FAILED_TAG, f"{self.step.label}: {_one_line(exc)}"))
-        return False
-
-    def _open(self) -> None:
-        mlflow = import_mlflow()
-        prepare_store(self.settings.tracking_uri)
-        self.client = mlflow.MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
-        experiment_id = self._experiment_id()
-        recorded = self._recorded_run()
-        if self.step.name == FIRST_STEP:
-            self._start(experiment_id, recorded, "")
+    def _open(self, job: StepJob) -> None:
+        if self.client is None or self.client.tracking_uri != job.tracking_uri:
+            mlflow = import_mlflow()
+            prepare_store(job.tracking_uri)
+            self.client = mlflow.MlflowClient(job.tracking_uri, job.tracking_uri)
+        experiment_id = self._experiment_id(job)
+        if job.step_name == FIRST_STEP:
+            self._start(job, experiment_id, self._recorded_run(job, job.previous), "")
             return
-        if recorded is None:
-            self._start(experiment_id, None, f"found no run of {self.settings.tracking_uri} to add to in "
-                                             f"{self.layout.mlflow_run_json}")
+        run = self._recorded_run(job, read_pointer(job.layout))
+        if run is None:
+            self._start(job, experiment_id, None, f"found no run of {job.tracking_uri} to add to in "
+                                                  f"{job.layout.mlflow_run_json}")
             return
-        run = recorded
         self.run_id, self.run_name = run.info.run_id, run.info.run_name
         if run.info.status != "RUNNING":
             ended = datetime.fromtimestamp((run.info.end_time or run.info.start_time) / 1000).strftime(
                 "%Y-%m-%d %H:%M")
-            self.log(f"Tracking: {self.step.label} adds to run '{self.run_name}' ({self.run_id}), which ended "
+            self.log(f"Tracking: {job.step_label} adds to run '{self.run_name}' ({self.run_id}), which ended "
                      f"{ended} ({run.info.status.lower()}); scripts/1_prepareData.py starts a new run")
 
-    def _experiment_id(self) -> str:
-        name = self.settings.experiment_name
-        experiment = self.client.get_experiment_by_name(name)
+    def _experiment_id(self, job: StepJob) -> str:
+        experiment = self.client.get_experiment_by_name(job.experiment_name)
         if experiment is None:
-            return self.client.create_experiment(name, artifact_location(self.settings.tracking_uri, name),
-                                                 tags={"dataset": self.params.datasetName})
+            return self.client.create_experiment(job.experiment_name,
+                                                 artifact_location(job.tracking_uri, job.experiment_name),
+                                                 tags={"dataset": job.dataset})
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
 
-    def _recorded_run(self) -> Any:
-        """The run named in ``mlflow_run.json`` if it is in this store and not deleted, else None."""
-        path = self.layout.mlflow_run_json
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(saved, dict) or saved.get("tracking_uri") != self.settings.tracking_uri:
+    def _recorded_run(self, job: StepJob, pointer: dict[str, Any] | None) -> Any:
+        """The run ``pointer`` names if it is in this store and not deleted, else None."""
+        if pointer is None or pointer.get("tracking_uri") != job.tracking_uri:
             return None
         from mlflow.exceptions import MlflowException
 
         try:
-            run = self.client.get_run(str(saved.get("run_id")))
+            run = self.client.get_run(str(pointer.get("run_id")))
         except MlflowException:
             return None
         return None if run.info.lifecycle_stage == "deleted" else run
 
-    def _start(self, experiment_id: str, previous: Any, why: str) -> None:
-        tags = {"dataset": self.params.datasetName, "mlflow.source.name": self.step.script,
-                "mlflow.source.type": "LOCAL", "imgclass.started_by": self.step.label}
-        commit = git_commit(self.params.project_dir)
+    def _start(self, job: StepJob, experiment_id: str, previous: Any, why: str) -> None:
+        tags = {"dataset": job.dataset, "mlflow.source.name": job.step_script, "mlflow.source.type": "LOCAL",
+                "imgclass.started_by": job.step_label}
+        commit = git_commit(Path(job.project_dir))
         if commit:
             tags["mlflow.source.git.commit"] = tags["git_commit"] = commit
         run = self.client.create_run(experiment_id, tags=tags)
@@ -191,48 +233,49 @@ class StepTracker:
         if previous is not None and previous.info.status == "RUNNING":  # an earlier pipeline run never finished
             self.client.set_tag(previous.info.run_id, "imgclass.superseded_by", self.run_id)
             self.client.set_terminated(previous.info.run_id, "KILLED")
-        write_json(self.layout.mlflow_run_json, {
+        write_json(job.layout.mlflow_run_json, {
             "run_id": self.run_id, "run_name": self.run_name, "experiment_id": experiment_id,
-            "experiment_name": self.settings.experiment_name, "tracking_uri": self.settings.tracking_uri,
-            "started_by": self.step.label, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            "experiment_name": job.experiment_name, "tracking_uri": job.tracking_uri,
+            "started_by": job.step_label, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         because = f" ({why})" if why else ""
-        self.log(f"Tracking: {self.step.label} started run '{self.run_name}' ({self.run_id}) in experiment "
-                 f"'{self.settings.experiment_name}' at {self.settings.tracking_uri}{because}")
+        self.log(f"Tracking: {job.step_label} started run '{self.run_name}' ({self.run_id}) in experiment "
+                 f"'{job.experiment_name}' at {job.tracking_uri}{because}")
 
     # --- logging what the step did -------------------------------------------------------------------------
-    def record(self, report: Any) -> None:
-        """Log the step's parameters, metrics, tags and files; the model if this step completes one; the end."""
-        if not self.run_id:
+    def record(self, job: RecordJob) -> None:
+        """Log the step's parameters, metrics, tags and files; then the model, the version's tags, the end."""
+        if not self.run_id or self.job is None:
             return
-        record = records.record_for(self.step.name, report)
-        record.params = records.step_params(self.params, self.step)
-        if "classifier" in self.step.reads:
-            record.tags["classifier"] = self.params.classifier
-        self._attempt(f"logging {self.step.label}", lambda: self._log(record))
-        classifier = self.params.classifier if "classifier" in self.step.reads else ""
-        if classifier and records.completes_model(self.step.name, classifier) \
-                and getattr(report, "model", "") is not None:  # step 4 of 'dnn' trains nothing
-            self._attempt("logging and registering the model", lambda: self._log_model(record.tags))
-        if self.step.name == LAST_STEP:
-            self._attempt("ending the run", lambda: self._finish(report))
+        self._attempt(f"logging {self.job.step_label}", lambda: self._log(job.record))
+        if job.log_model:
+            self._attempt("logging and registering the model", lambda: self._log_model(job.record.tags))
+        if job.version_tags is not None:
+            self._attempt("ending the run", lambda: self._finish(job.version_tags or {}))
+
+    def failed_step(self, message: str) -> None:
+        """Tag the run with the step that failed (the step's error is reported by the step itself)."""
+        if self.run_id and self.job is not None:
+            self._attempt("noting the failed step",
+                          lambda: self.client.set_tag(self.run_id, FAILED_TAG, f"{self.job.step_label}: {message}"))
 
     def _log(self, record: records.StepRecord) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        existing = self.client.get_run(self.run_id).data.params
+        run = self.client.get_run(self.run_id)
+        existing, step = run.data.params, self.job.step_name
         params = []
         for key, value in record.params.items():
             if key not in existing:
                 params.append(Param(key, value))
-            elif existing[key] != value and f"{self.step.name}/{key}" not in existing:
+            elif existing[key] != value and f"{step}/{key}" not in existing:
                 # this step ran with another value than an earlier step of the run: keep both, the later one
                 # under the step's name (MLflow never changes a logged parameter)
-                params.append(Param(f"{self.step.name}/{key}", value))
+                params.append(Param(f"{step}/{key}", value))
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, 0) for key, value in record.metrics.items()]
-        metrics += [Metric(key, value, now, step) for key, value, step in record.series]
+        metrics += [Metric(key, value, now, int(epoch)) for key, value, epoch in record.series]
         tags = [RunTag(key, value) for key, value in record.tags.items()]
-        if FAILED_TAG in self.client.get_run(self.run_id).data.tags:  # this attempt succeeded
+        if FAILED_TAG in run.data.tags:  # this attempt succeeded
             self.client.delete_tag(self.run_id, FAILED_TAG)
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
@@ -242,27 +285,25 @@ class StepTracker:
                 self.client.log_artifact(self.run_id, str(path), folder)
 
     def _log_model(self, tags: dict[str, str]) -> None:
-        example = None
-        split = self.layout.split_csv
-        if split.is_file():
-            from imgclass.data.splits import read_split
+        from imgclass.data.splits import read_split
 
-            rows = read_split(split)
-            example = self.layout.images_dir / rows[0].path if rows else None
+        job = self.job
+        layout = job.layout
+        rows = read_split(layout.split_csv) if layout.split_csv.is_file() else []
+        example = layout.images_dir / rows[0].path if rows else None
         known = {**self.client.get_run(self.run_id).data.tags, **tags}
         model_tags = {key: known[key] for key in ("backbone", "classifier") if key in known}
-        version = log_and_register(self.client, self.run_id, self.layout, self.settings.model_name, example,
+        version = log_and_register(self.client, self.run_id, layout, job.model_name, job.classifier, example,
                                    model_tags)
         self.log(f"Tracking: model logged to run '{self.run_name}' and registered as version {version} of "
-                 f"'{self.settings.model_name}' (models:/{self.settings.model_name}/{version})")
+                 f"'{job.model_name}' (models:/{job.model_name}/{version})")
 
-    def _finish(self, report: Any) -> None:
-        metrics = {key: value for key, value in records.record_for(self.step.name, report).metrics.items()}
-        tagged = tag_version_with_metrics(self.client, self.run_id, records.version_tags(metrics))
+    def _finish(self, version_tags: dict[str, str]) -> None:
+        tagged = tag_version_with_metrics(self.client, self.run_id, version_tags)
         self.client.set_terminated(self.run_id, "FINISHED")
         version = f"; model version {tagged.replace('/', ' ')} tagged with its test metrics" if tagged else ""
         self.log(f"Tracking: run '{self.run_name}' ({self.run_id}) finished{version}; browse the runs: "
-                 f"{self.settings.ui_command()}")
+                 f"{self.job.settings.ui_command()}")
 
 
-__all__ = ["StepTracker", "TrackingSettings", "VERSION_TAG", "git_commit"]
+__all__ = ["RecordJob", "RunLogger", "StepJob", "TrackingSettings", "git_commit", "read_pointer"]
