@@ -493,8 +493,10 @@ def create_app(predictor: ImagePredictor, settings: ServiceSettings | None = Non
 
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": text}
-        for code, text in [(400, "bad payload: not JSON, not base64, not a decodable image, no image"),
+        for code, text in [(400, "bad payload: not JSON, not base64, not a decodable image or one over the pixel "
+                                 "budget, no image"),
                            (401, "missing or wrong API key"),
+                           (408, "the body did not arrive in time"),
                            (413, "request too large or too many images"),
                            (415, "wrong content type")]}
 
