@@ -3,8 +3,9 @@
 Loads proc/<datasetName>/ once (whatever classifier step 4 trained) and
 starts uvicorn on deploy_host:deploy_port. Endpoints: POST /score (the
 original tutorial's base64 request), POST /predict (multipart or JSON
-images), GET /health, GET /labels, the web page at /, the OpenAPI document at
-/openapi.json (browsable at /docs). Set the environment variable
+images), GET /health, GET /labels, the web page at /, the labeling page at
+/label and the results page at /results (docs/labeling.md), the OpenAPI
+document at /openapi.json (browsable at /docs). Set the environment variable
 IMGCLASS_API_KEY to require 'Authorization: Bearer <key>'. Stop with Ctrl-C.
 """
 

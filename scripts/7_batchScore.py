@@ -1,9 +1,13 @@
-"""Step 7: classify every image under a folder; write a CSV and add rows to a SQLite table.
+"""Step 7: classify every image under a folder; write a CSV and add rows to the results database.
 
-Uses the trained model of datasetName (any classifier). Each row: path, label,
-score (calibrated probability), all_scores (JSON {label: probability}),
-model_name, model_version, scored_at (UTC). Re-running skips the images the
-same model has already scored, so an interrupted run resumes where it stopped.
+Uses the trained model of datasetName (any classifier), or a registered MLflow
+model (deploy_modelUri). Each row: path, label, score (calibrated probability),
+all_scores (JSON {label: probability}), margin, folder, model_name,
+model_version, scored_at (UTC). The database is SQLite under results/<ds>/ by
+default; batch_database may be any SQLAlchemy URL (e.g. PostgreSQL). Re-running
+skips the images the same model has already scored, so an interrupted run
+resumes where it stopped. With run_engine='spark' the images are scored on
+Spark into a Parquet table instead (docs/spark.md).
 """
 
 import sys

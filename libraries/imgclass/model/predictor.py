@@ -118,8 +118,13 @@ class Predictor:
         return Predictions(self.classifier.decision_function(outputs), self.classifier.predict_proba(outputs),
                            self.labels)
 
-    def predict(self, images: Sequence[Image.Image]) -> Predictions:
-        """Scores and probabilities for already-decoded images (one batch; thread-safe)."""
+    def predict(self, images: Sequence[Image.Image | np.ndarray]) -> Predictions:
+        """Scores and probabilities for already-decoded images (one batch; thread-safe).
+
+        An image is a PIL image, or an ``(R, R, 3)`` uint8 array the caller has
+        already put through :attr:`transform` (the service does, one image at a
+        time as each is decoded, so a request never holds all its decoded images).
+        """
         if not images:
             return self._classify(np.zeros((0, self.featurizer.output_dim), dtype=np.float32))
         batch = images_to_batch(images, self.transform)

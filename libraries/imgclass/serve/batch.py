@@ -38,7 +38,8 @@ from imgclass.serve.database import COLUMNS, TABLE, ResultsDatabase, database_ur
 STEP = StepSpec("batch", "scripts/7_batchScore.py",
                 "classify every image under a folder into a CSV and a results database (resumable)",
                 ("datasetName", "rootDir", "batch_inputDir", "batch_outputCsv", "batch_database", "run_mbSize",
-                 "run_device", "run_precision", "run_workers", "deploy_modelUri", "mlflow_trackingUri"))
+                 "run_device", "run_precision", "run_workers", "deploy_modelUri", "mlflow_trackingUri", "run_engine",
+                 "spark_master", "spark_partitions", "spark_conf", "spark_modelUri", "spark_batchOutput"))
 
 
 class FilePredictor(Protocol):
