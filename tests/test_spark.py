@@ -1,9 +1,11 @@
 """The Spark engine (imgclass.spark): step 3 and batch scoring at ``local[2]``, against the local engine.
 
-One Spark session for the module (``local[2]``, started by a fixture and
-stopped at the end): the library joins a running session, so no test pays
-Spark's start-up again. The demo images at 64 px keep the forward passes
-short. fp32 features are compared bit for bit (both engines run the
+One Spark session for the module (``local[2]``, started by a fixture in a
+background thread while the local engine works, stopped at the end; its JVM
+compiles with C1 only, which starts faster): the library joins a running
+session, so no test pays Spark's start-up again, and its two Python workers
+are reused by every job (torch imported once each, a model loaded once each). One featurizer (EfficientNet-Lite0 at 64 px) serves every
+dataset here. fp32 features are compared bit for bit (both engines run the
 batch-invariant forward pass of imgclass.model.inference), bf16 within its
 rounding, batch scoring's probabilities to 1e-5 (the Predictor's forward
 pass is the service's, which does not pad its chunks).
@@ -11,12 +13,15 @@ pass is the service's, which does not pad its chunks).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -39,14 +44,28 @@ COMMON = dict(rf_pretrainedModelFilename="efficientnet_lite0", rf_inputResolutio
               eval_numExampleImages=4, spark_master="local[2]")
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from imgclass.spark.session import spark_session
+#: the module's session: no web UI, no progress bars, a JVM tuned to start rather than to run for hours
+SESSION_CONF = ["spark.ui.enabled=false", "spark.ui.showConsoleProgress=false", "spark.sql.shuffle.partitions=2",
+                "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"]
 
-    with spark_session("local[2]", ["spark.ui.enabled=false", "spark.sql.shuffle.partitions=2",
-                                    "spark.ui.showConsoleProgress=false"]) as session:
-        session.sparkContext.setLogLevel("ERROR")
-        yield session
+
+@pytest.fixture(scope="module")
+def spark() -> "Iterator[Future]":
+    """The module's session, as a future: started, and its two Python workers warmed up (torch and the model
+    code imported), in a background thread while the fixtures below do the local engine's part.
+
+    The library finds it from the main thread too (a running SparkContext) and leaves it running.
+    """
+    from imgclass.spark.session import spark_session, warm_up
+
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        def start():
+            session = stack.enter_context(spark_session("local[2]", SESSION_CONF))
+            session.sparkContext.setLogLevel("ERROR")
+            warm_up(session)
+            return session
+
+        yield pool.submit(start)
 
 
 def _params(root: Path, dataset: str, **values: object):
@@ -59,17 +78,18 @@ def _copy_demo(root: Path, dataset: str) -> Path:
     return target
 
 
-def _featurize(params, engine: str) -> tuple[np.ndarray, list[dict[str, str]], dict]:
-    """Step 3 with ``engine`` from scratch (no reuse); its features, features.csv rows and features.json."""
+def _featurize(params, engine: str, **values: object) -> tuple[np.ndarray, list[dict[str, str]], dict, object]:
+    """Step 3 with ``engine`` from scratch (no reuse); its features, features.csv rows, features.json and report."""
     from imgclass.layout import DatasetLayout
     from imgclass.pipeline import featurize_dataset
 
     layout = DatasetLayout.from_parameters(params)
     layout.features_cache_json.unlink(missing_ok=True)
-    featurize_dataset(params.replace(run_engine=engine), progress=False)
+    report = featurize_dataset(params.replace(run_engine=engine, **values), progress=False)
     with open(layout.features_csv, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return np.load(layout.features_npy), rows, json.loads(layout.features_json.read_text(encoding="utf-8"))
+    return (np.load(layout.features_npy), rows, json.loads(layout.features_json.read_text(encoding="utf-8")),
+            report)
 
 
 def _steps_4_5(params) -> tuple[float, float]:
@@ -81,25 +101,35 @@ def _steps_4_5(params) -> tuple[float, float]:
     return train.model.C_, metrics["overall_accuracy"]
 
 
+def _prepare(params, featurizer: Path | None = None) -> None:
+    """Step 1, and step 2's ``featurizer.pth``: built, or copied from another dataset (the same network)."""
+    from imgclass.layout import DatasetLayout
+    from imgclass.pipeline import build_featurizer, prepare_data
+
+    prepare_data(params)
+    if featurizer is None:
+        build_featurizer(params, progress=False, log=lambda line: None)
+    else:
+        shutil.copyfile(featurizer, DatasetLayout.from_parameters(params).featurizer_pth)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory, spark):
     """The demo dataset after steps 1-2, featurized by both engines in fp32, steps 4-5 after each."""
-    from imgclass.pipeline import build_featurizer, prepare_data
-
     root = tmp_path_factory.mktemp("spark_demo")
     _copy_demo(root, "demo")
     params = _params(root, "demo", run_precision="fp32")
-    prepare_data(params)
-    build_featurizer(params)
+    _prepare(params)
     local = _featurize(params, "local")
     local_results = _steps_4_5(params)
+    spark.result()
     spark_run = _featurize(params, "spark")
     spark_results = _steps_4_5(params)
     return params, local, spark_run, local_results, spark_results
 
 
 def test_fp32_features_of_the_spark_engine_are_bit_identical_to_the_local_engine(demo) -> None:
-    _, (local, local_rows, local_json), (spark_features, spark_rows, spark_json), _, _ = demo
+    _, (local, local_rows, local_json, _), (spark_features, spark_rows, spark_json, _), _, _ = demo
     assert local.shape == spark_features.shape and local.shape[0] == len(local_rows) > 100
     assert spark_rows == local_rows  # the same rows, labels, split and ok flags
     assert np.array_equal(local, spark_features)
@@ -116,10 +146,9 @@ def test_the_parquet_table_holds_every_featurized_row(demo) -> None:
     import pyarrow.parquet as pq
 
     from imgclass.layout import DatasetLayout
-    from imgclass.spark.featurize import features_parquet
 
-    params, (local, local_rows, _), _, _, _ = demo
-    table = pq.read_table(features_parquet(DatasetLayout.from_parameters(params))).to_pylist()
+    params, (local, local_rows, _, _), _, _, _ = demo
+    table = pq.read_table(DatasetLayout.from_parameters(params).features_parquet).to_pylist()
     assert set(table[0]) == {"path", "label", "split", "ok", "error", "features"}
     by_path = {row["path"]: row for row in table}
     assert sorted(by_path) == sorted(r["path"] for r in local_rows)
@@ -127,22 +156,6 @@ def test_the_parquet_table_holds_every_featurized_row(demo) -> None:
         stored = by_path[row["path"]]
         assert (stored["label"], stored["split"], stored["ok"], stored["error"]) == (row["label"], row["split"], True, "")
         assert np.array_equal(np.asarray(stored["features"], dtype=np.float32), local[i])
-
-
-def test_bf16_features_of_the_two_engines_agree_within_bf16_rounding(tmp_path: Path, spark) -> None:
-    from imgclass.pipeline import build_featurizer, prepare_data
-
-    make_dataset(tmp_path / "images" / "small", {"circles": 6, "squares": 6})
-    params = _params(tmp_path, "small", run_precision="bf16")  # bf16 is slow on CPUs without it: a small set
-    prepare_data(params)
-    build_featurizer(params)
-    local, _, _ = _featurize(params, "local")
-    spark_features, _, spark_json = _featurize(params, "spark")
-    assert spark_json["precision"] == "bfloat16"
-    scale = np.abs(local).max()
-    assert np.abs(local - spark_features).max() <= 0.02 * scale  # bf16 keeps 8 bits of mantissa
-    cosine = (local * spark_features).sum(1) / np.linalg.norm(local, axis=1) / np.linalg.norm(spark_features, axis=1)
-    assert cosine.min() > 0.999
 
 
 def _broken_files(folder: Path, good: Path) -> dict[str, str]:
@@ -156,29 +169,60 @@ def _broken_files(folder: Path, good: Path) -> dict[str, str]:
     return {"empty.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "text", "bomb.png": "bomb"}
 
 
-def test_unreadable_images_are_rows_with_ok_false_and_the_job_succeeds(tmp_path: Path, spark) -> None:
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory, demo):
+    """12 small images and 4 broken files, featurized in bf16 (slow on CPUs without it: few images) by both engines."""
+    root = tmp_path_factory.mktemp("spark_small")
+    images = make_dataset(root / "images" / "small", {"circles": 6, "squares": 6})
+    broken = _broken_files(images / "circles", images / "circles" / "img_00.jpg")
+    params = _params(root, "small", run_precision="bf16")
+    _prepare(params, featurizer=demo[0].root_path / "proc" / "demo" / "featurizer.pth")
+    return params, broken, _featurize(params, "local"), _featurize(params, "spark", spark_partitions=3)
+
+
+def test_bf16_features_of_the_two_engines_agree_within_bf16_rounding(small) -> None:
+    _, _, (local, local_rows, _, _), (spark_features, spark_rows, spark_json, _) = small
+    assert spark_json["precision"] == "bfloat16" and spark_rows == local_rows  # the same rows and ok flags
+    ok = np.array([row["ok"] == "1" for row in local_rows])
+    local, spark_features = local[ok], spark_features[ok]
+    scale = np.abs(local).max()
+    assert np.abs(local - spark_features).max() <= 0.02 * scale  # bf16 keeps 8 bits of mantissa
+    cosine = (local * spark_features).sum(1) / np.linalg.norm(local, axis=1) / np.linalg.norm(spark_features, axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_unreadable_images_are_rows_with_ok_false_and_the_job_succeeds(small) -> None:
     import pyarrow.parquet as pq
 
     from imgclass.layout import DatasetLayout
-    from imgclass.pipeline import build_featurizer, prepare_data
-    from imgclass.spark.featurize import features_parquet
 
-    images = make_dataset(tmp_path / "images" / "broken", {"circles": 3, "squares": 3})
-    broken = _broken_files(images / "circles", images / "circles" / "img_00.jpg")
-    params = _params(tmp_path, "broken", run_precision="fp32")
-    prepare_data(params)
-    build_featurizer(params)
-    features, rows, info = _featurize(params, "spark")
+    params, broken, _, (features, rows, info, _) = small
     bad = {Path(r["path"]).name for r in rows if r["ok"] == "0"}
     assert bad == set(broken) and info["n_unreadable"] == len(broken)
     ok = np.array([r["ok"] == "1" for r in rows])
     assert np.isnan(features[~ok]).all() and np.isfinite(features[ok]).all()
-    table = {Path(r["path"]).name: r for r in pq.read_table(features_parquet(DatasetLayout.from_parameters(params)))
+    table = {Path(r["path"]).name: r for r in pq.read_table(DatasetLayout.from_parameters(params).features_parquet)
              .to_pylist()}
     for name in broken:
         assert table[name]["ok"] is False and table[name]["features"] is None
         assert table[name]["error"].startswith("cannot decode"), table[name]["error"]
     assert "decompression bomb" in table["bomb.png"]["error"].lower()
+
+
+def test_step_3_says_what_ran_it(demo, small) -> None:
+    local, spark_run = demo[1][3], small[3][3]
+    assert local.engine == "" and "worker process" in local.summary()
+    assert spark_run.engine == "Spark local[2], 3 partitions" and spark_run.workers == 0
+    assert "Spark local[2], 3 partitions" in spark_run.summary() and "worker process" not in spark_run.summary()
+
+
+def test_a_session_started_in_another_thread_is_joined_and_left_running(spark, demo) -> None:
+    from imgclass.spark.session import active_session, spark_session
+
+    session = spark.result()  # started by the fixture's thread; step 3 ran in this one (the demo fixture)
+    with spark_session("local[1]") as joined:
+        assert joined is session and active_session() is session
+    assert session.range(3).count() == 3  # not stopped by the runs that joined it
 
 
 def test_batch_scoring_on_spark_gives_the_local_scripts_labels_and_scores(demo, tmp_path: Path) -> None:
@@ -196,7 +240,7 @@ def test_batch_scoring_on_spark_gives_the_local_scripts_labels_and_scores(demo, 
     (folder / ".hidden").mkdir()
     shutil.copy(next(folder.glob("*/*.jpg")), folder / ".hidden" / "skipped.jpg")
     (folder / "notes.txt").write_text("not an image file name\n", encoding="utf-8")
-    run = params.replace(batch_inputDir=str(folder), batch_outputCsv=str(tmp_path / "local.csv"),
+    run = params.replace(batch_inputDir=str(folder), batch_outputCsv=str(tmp_path / "local.csv"), run_workers=0,
                          batch_database=str(tmp_path / "local.sqlite"),
                          spark_batchOutput=str(tmp_path / "spark.parquet"))
     local_report = score_images(run)
@@ -226,7 +270,7 @@ def test_batch_scoring_on_spark_gives_the_local_scripts_labels_and_scores(demo, 
         Path(p).name: row["label"] for p, row in scored.items()}
 
 
-def test_batch_scoring_reads_a_parquet_table_of_paths(demo, tmp_path: Path, spark) -> None:
+def test_batch_scoring_reads_a_parquet_table_of_paths(demo, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -137,6 +137,12 @@ class DatasetLayout:
         """Which row of :attr:`features_npy` belongs to which image file (size, mtime), for reuse by the next run."""
         return self.proc_dir / "features_cache.json"
 
+    @property
+    def features_parquet(self) -> Path:
+        """Folder of Parquet files ``path,label,split,ok,error,features``: the images the Spark engine
+        featurized in its last run of step 3 (see :mod:`imgclass.spark.featurize`)."""
+        return self.proc_dir / "features.parquet"
+
     # --- step 4: classifier -------------------------------------------------------
     @property
     def svm_joblib(self) -> Path:
@@ -194,6 +200,12 @@ class DatasetLayout:
     def batch_scores_sqlite(self) -> Path:
         """Default database of batch scoring (``batch_database``)."""
         return self.results_dir / "batchScores.sqlite"
+
+    @property
+    def batch_scores_parquet(self) -> Path:
+        """Default output of batch scoring on Spark (``spark_batchOutput``): a folder of Parquet files
+        ``path,ok,error,label,score,scores,model_name,model_version`` (see :mod:`imgclass.spark.batch`)."""
+        return self.results_dir / "batchScores.parquet"
 
 
 def require(path: Path, made_by: str) -> Path:

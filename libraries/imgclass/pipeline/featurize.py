@@ -28,9 +28,12 @@ class FeaturizeReport:
     seconds: float
     device: str
     precision: str
+    #: the local engine's worker processes (0 when Spark ran the step)
     workers: int
     #: images whose stored features were reused (unchanged file, featurizer and precision)
     n_reused: int = 0
+    #: what ran the network when it was not the local engine, e.g. ``'Spark local[2], 2 partitions'``
+    engine: str = ""
 
     @property
     def n_featurized(self) -> int:
@@ -42,10 +45,10 @@ class FeaturizeReport:
         lines = []
         if self.n_featurized:
             rate = self.n_featurized / self.seconds if self.seconds > 0 else float("inf")
+            ran = self.engine or f"{self.workers} worker process{'es' * (self.workers != 1)}"
             lines.append(f"Featurized {self.n_featurized} image{'s' * (self.n_featurized != 1)} -> "
                          f"{self.feature_dim} floats each in {self.seconds:.1f} s ({rate:.1f} img/s; device "
-                         f"{self.device}, {self.precision}, {self.workers} worker "
-                         f"process{'es' * (self.workers != 1)})")
+                         f"{self.device}, {self.precision}, {ran})")
         if self.n_reused:
             lines.append(f"Reused the stored features of {self.n_reused} of {self.n_images} images (unchanged "
                          f"files, same featurizer, {self.precision}); delete {self.layout.features_cache_json} to "
@@ -74,7 +77,7 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     from imgclass.model.featurizer import Featurizer
     from imgclass.model.inference import infer
     from imgclass.model.runtime import Runtime
-    from imgclass.spark.featurize import featurize_on_spark
+    from imgclass.spark.featurize import SparkJob, featurize_on_spark
 
     layout = DatasetLayout.from_parameters(params)
     rows = read_split_rows(layout)
@@ -88,14 +91,16 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
                                       featurizer.output_dim)
     todo = reusable.missing(len(rows))
     failures: list[tuple[int, str]] = []
-    workers = runtime.workers("inference", -(-len(todo) // params.run_mbSize))
+    spark_job = SparkJob() if params.run_engine == "spark" else None  # where Spark ran it, once it has
+    workers = runtime.workers("inference", -(-len(todo) // params.run_mbSize)) if spark_job is None else 0
     with FeatureWriter(layout.features_npy, len(rows), featurizer.output_dim) as writer:
         reusable.copy_into(writer.write)
         if len(todo):
             dataset = ImageDataset([layout.images_dir / paths[i] for i in todo], featurizer.transform)
             for batch in (infer(featurizer.network, dataset, params.run_mbSize, runtime, progress)
-                          if params.run_engine == "local" else  # run_engine='spark': the same batches from Spark
-                          featurize_on_spark(params, layout, featurizer, [rows[i] for i in todo], runtime)):
+                          if spark_job is None else  # run_engine='spark': the same batches from Spark
+                          featurize_on_spark(params, layout, featurizer, [rows[i] for i in todo], runtime,
+                                             spark_job)):
                 writer.write(todo[batch.indices], batch.outputs)
                 failures += [(int(todo[i]), message) for i, message in batch.failures]
     seconds = time.perf_counter() - start
@@ -109,4 +114,5 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
                       (i not in failed for i in range(len(rows))))
     return FeaturizeReport(layout, len(rows), featurizer.output_dim,
                            [(rows[i].path, message) for i, message in sorted(failures)],
-                           seconds, str(runtime.device), runtime.precision, workers, len(reusable))
+                           seconds, str(runtime.device), runtime.precision, workers, len(reusable),
+                           spark_job.describe() if spark_job is not None else "")

@@ -118,8 +118,8 @@ def read_images(spark: Any, location: str) -> Any:
 
 
 def batch_output(params: Parameters, layout: DatasetLayout) -> str:
-    """``spark_batchOutput``, else ``results/<ds>/batchScores.parquet``."""
-    return params.spark_batchOutput or str(layout.results_dir / "batchScores.parquet")
+    """``spark_batchOutput``, else ``results/<ds>/batchScores.parquet`` (:attr:`DatasetLayout.batch_scores_parquet`)."""
+    return params.spark_batchOutput or str(layout.batch_scores_parquet)
 
 
 def _score_with_predictor(spark: Any, images: Any, params: Parameters, layout: DatasetLayout) -> tuple[Any, str, str]:

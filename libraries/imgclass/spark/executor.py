@@ -85,6 +85,21 @@ def load_predictor(featurizer: str, svm_joblib: str, svm_json: str, device: str,
                           Path(shipped_file(svm_json)) if svm_json else None, runtime, name_prefix)
 
 
+def import_model_code(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
+    """A warm-up task (:func:`imgclass.spark.session.warm_up`): import torch, the model code and scikit-learn
+    in this Python worker; consume the rows, return none."""
+    import torch  # noqa: F401
+
+    import imgclass.model.featurizer  # noqa: F401
+    import imgclass.model.inference  # noqa: F401
+    import imgclass.model.predictor  # noqa: F401
+    import imgclass.model.svm  # noqa: F401
+
+    for _ in batches:
+        pass
+    return iter(())
+
+
 def decode(source: str, content: bytes | None, draft_size: tuple[int, int] | None) -> "tuple[Image.Image | None, str]":
     """One image as RGB and ``''``, or None and why it cannot be read (``content``: the file's bytes, if Spark read them)."""
     try:

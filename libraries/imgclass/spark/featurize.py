@@ -9,7 +9,7 @@ step 3 (:mod:`imgclass.pipeline.featurize`) writes ``features.npy``, ``.csv``,
 never know which engine ran.
 
 On the way the executors' results become a Parquet table,
-``proc/<ds>/features.parquet/`` (see :func:`features_parquet`), with one row per
+``proc/<ds>/features.parquet/`` (:attr:`DatasetLayout.features_parquet`), with one row per
 image featurized in this run: ``path`` (relative to the dataset's image
 folder, as in ``split.csv``), ``label``, ``split``, ``ok``, ``error``
 (``''`` when ok) and ``features`` (``array<float>``, null when not ok). It is
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -29,7 +30,8 @@ import numpy as np
 from imgclass.data.splits import SplitRow
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters
-from imgclass.spark.session import default_parallelism, import_pyspark, ship_file, spark_location, spark_session
+from imgclass.spark.session import (default_parallelism, import_pyspark, master_url, ship_file, spark_location,
+                                    spark_session)
 
 if TYPE_CHECKING:
     from imgclass.model.featurizer import Featurizer
@@ -44,9 +46,18 @@ INPUT_SCHEMA = "index long, path string, label string, split string"
 OUTPUT_SCHEMA = "path string, label string, split string, ok boolean, error string, features array<float>"
 
 
-def features_parquet(layout: DatasetLayout) -> Path:
-    """``proc/<ds>/features.parquet/``: the Spark engine's table of the images featurized in its last run."""
-    return layout.proc_dir / "features.parquet"
+@dataclass
+class SparkJob:
+    """Where step 3's Spark job ran, for its report: filled in by :func:`featurize_on_spark` once the job is planned."""
+
+    #: the session's master URL (a running session's own, which may not be ``spark_master``)
+    master: str = ""
+    #: tasks the image list was cut into
+    partitions: int = 0
+
+    def describe(self) -> str:
+        """E.g. ``'Spark local[2], 2 partitions'``."""
+        return f"Spark {self.master}, {self.partitions} partition{'s' * (self.partitions != 1)}"
 
 
 def partition_count(n_images: int, spark_partitions: int, parallelism: int) -> int:
@@ -97,7 +108,7 @@ def _read_batches(table_dir: Path, index_of: dict[str, int], dim: int, batch_siz
 
 
 def featurize_on_spark(params: Parameters, layout: DatasetLayout, featurizer: "Featurizer", rows: Sequence[SplitRow],
-                       runtime: "Runtime") -> Iterator["OutputBatch"]:
+                       runtime: "Runtime", job: SparkJob | None = None) -> Iterator["OutputBatch"]:
     """Featurize ``rows`` on Spark; yield their outputs as the local inference loop does (indices into ``rows``).
 
     Parameters
@@ -116,6 +127,8 @@ def featurize_on_spark(params: Parameters, layout: DatasetLayout, featurizer: "F
         The images to featurize, paths relative to the image folder.
     runtime:
         Its precision, decided here once, is what every executor computes in.
+    job:
+        Filled in with the master and the partitions the job ran with (for step 3's report).
     """
     import_pyspark()
     from pyspark.sql.functions import col
@@ -124,11 +137,13 @@ def featurize_on_spark(params: Parameters, layout: DatasetLayout, featurizer: "F
 
     rows = list(rows)
     index_of = {row.path: i for i, row in enumerate(rows)}
-    target = features_parquet(layout)
+    target = layout.features_parquet
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     with spark_session(params.spark_master, params.spark_conf, f"imgclass step 3 ({layout.dataset})") as spark:
         shipped = ship_file(spark, layout.featurizer_pth)
         partitions = partition_count(len(rows), params.spark_partitions, default_parallelism(spark))
+        if job is not None:
+            job.master, job.partitions = master_url(spark, params.spark_master), partitions
         images = spark.createDataFrame([(i, r.path, r.label, r.split) for i, r in enumerate(rows)], INPUT_SCHEMA)
         work = _bind(featurize_partition, featurizer_file=shipped, base_dir=str(layout.images_dir),
                      device=params.run_device, precision=runtime.precision, batch_size=params.run_mbSize,

@@ -97,9 +97,21 @@ def _local_workers_use_this_python(master: str) -> Iterator[None]:
 
 
 def active_session() -> "SparkSession | None":
-    """The session this process already runs (classic or Spark Connect), if any."""
+    """The session this process already runs (classic or Spark Connect), if any.
+
+    Spark's "active" session is per thread: one started in another thread
+    of this process (a notebook's background job, a test's fixture) is not
+    active in this one, yet it is running, and it is not ours to stop; so a
+    running SparkContext counts too (its session is the builder's default).
+    """
     sql = import_pyspark()
     session = sql.SparkSession.getActiveSession()
+    if session is None:
+        with contextlib.suppress(ImportError):  # a Spark Connect-only install has no classic SparkContext
+            from pyspark import SparkContext
+
+            if SparkContext._active_spark_context is not None:
+                session = sql.SparkSession.builder.getOrCreate()
     if session is None:
         with contextlib.suppress(Exception):  # Spark Connect not installed, or no session
             from pyspark.sql.connect.session import SparkSession as ConnectSession
@@ -167,6 +179,28 @@ def default_parallelism(session: Any) -> int:
     if is_spark_connect(session):
         return max(1, int(session.conf.get("spark.sql.shuffle.partitions", "200")))
     return max(1, session.sparkContext.defaultParallelism)
+
+
+def master_url(session: Any, requested: str) -> str:
+    """The master ``session`` runs at (a running session's may differ from ``requested``, the ``spark_master`` asked for)."""
+    with contextlib.suppress(Exception):
+        if is_spark_connect(session):
+            return str(session.conf.get("spark.master", None) or requested)
+        return str(session.sparkContext.master)
+    return requested
+
+
+def warm_up(session: Any) -> None:
+    """Start a Python worker on every core the session offers and import torch and the model code there.
+
+    What the first job of a session otherwise pays before its first image
+    (workers are reused by later jobs, Spark's default): the benchmark calls
+    it to report start-up apart from throughput, and the tests to pay it once.
+    """
+    from imgclass.spark.executor import import_model_code
+
+    cores = default_parallelism(session)
+    session.range(cores, numPartitions=cores).mapInArrow(import_model_code, "id long").collect()
 
 
 def _content_name(path: Path) -> str:
