@@ -222,17 +222,12 @@ class ImgClassModel:
             raise ImgClassError(f"the input needs a column {SCORE_IMAGE_FIELD!r} (base64 PNG or JPEG) or "
                                 f"{PATH_FIELD!r} (image files); it has {list(frame.columns)}")
         rows = [_Row() for _ in range(len(frame))]
-        images: list[tuple[int, Any]] = []
+        encoded: list[tuple[int, Any]] = []
         files: list[tuple[int, str]] = []
-        draft = getattr(self.predictor.transform, "draft_size", None)
         for i, record in enumerate(frame[columns].itertuples(index=False, name=None)):
             cells = dict(zip(columns, record))
             if _present(cells.get(SCORE_IMAGE_FIELD)):
-                try:
-                    images.append((i, decode_image_bytes(decode_base64(cells[SCORE_IMAGE_FIELD]),
-                                                         f"row {i}", draft_size=draft)))
-                except (ValueError, UnreadableImageError) as exc:  # PIL names the buffer, not the row
-                    rows[i].error = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
+                encoded.append((i, cells[SCORE_IMAGE_FIELD]))
             elif _present(cells.get(PATH_FIELD)):
                 if self._paths_allowed():
                     files.append((i, str(cells[PATH_FIELD])))
@@ -241,9 +236,16 @@ class ImgClassModel:
                                      f"not open the server's files); send {SCORE_IMAGE_FIELD!r}")
             else:
                 rows[i].error = f"row {i} has no image: {' or '.join(map(repr, columns))} is empty"
-        for start in range(0, len(images), CHUNK):
-            chunk = images[start:start + CHUNK]
-            self._fill(rows, [i for i, _ in chunk], self.predictor.predict([image for _, image in chunk]))
+        draft = getattr(self.predictor.transform, "draft_size", None)
+        for start in range(0, len(encoded), CHUNK):  # decoded a chunk at a time: memory does not grow with N
+            images: list[tuple[int, Any]] = []
+            for i, text in encoded[start:start + CHUNK]:
+                try:
+                    images.append((i, decode_image_bytes(decode_base64(text), f"row {i}", draft_size=draft)))
+                except (ValueError, UnreadableImageError) as exc:  # PIL names the buffer, not the row
+                    rows[i].error = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
+            if images:
+                self._fill(rows, [i for i, _ in images], self.predictor.predict([image for _, image in images]))
         if files:
             self._predict_files(rows, files)
         return pd.DataFrame({"label": [r.label for r in rows], "score": [r.score for r in rows],
