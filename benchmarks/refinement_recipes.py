@@ -73,7 +73,8 @@ def _set_featurizer(params: Any, **changes: Any) -> None:
 
 
 def run_one(base: Any, dataset: str, seed: int, root: Path, write: Callable[[dict[str, Any]], None],
-            recipes: tuple[str, ...] = ("lpft", "original")) -> None:
+            recipes: tuple[str, ...] = ("lpft", "original"), svm_rows: list[dict[str, Any]] | None = None) -> None:
+    """Every setup on one split; ``svm_rows``: the SVM's rows of this split from an earlier run (not redone)."""
     from imgclass.pipeline import build_featurizer, prepare_data
 
     params = base.replace(rootDir=str(root), datasetName=dataset, randomSeed=seed)
@@ -95,13 +96,17 @@ def run_one(base: Any, dataset: str, seed: int, root: Path, write: Callable[[dic
                           "history": [{k: round(v, 4) for k, v in r.items()} for r in refinement.history]})
         write(entry)
 
-    svm = params.replace(classifier="svm")
-    _, wall2, cpu2 = _timed(lambda: build_featurizer(svm, progress=False, log=lambda m: None))
-    metrics, wall, cpu = _steps_3_to_5(svm)
-    row("svm", "svm", "none", metrics, wall2 + wall, cpu2 + cpu)
-    _set_featurizer(svm, tta="flip")
-    metrics, wall, cpu = _steps_3_to_5(svm)
-    row("svm", "svm", "flip", metrics, wall2 + wall, cpu2 + cpu)
+    if svm_rows:
+        for entry in svm_rows:
+            write(entry)
+    else:
+        svm = params.replace(classifier="svm")
+        _, wall2, cpu2 = _timed(lambda: build_featurizer(svm, progress=False, log=lambda m: None))
+        metrics, wall, cpu = _steps_3_to_5(svm)
+        row("svm", "svm", "none", metrics, wall2 + wall, cpu2 + cpu)
+        _set_featurizer(svm, tta="flip")
+        metrics, wall, cpu = _steps_3_to_5(svm)
+        row("svm", "svm", "flip", metrics, wall2 + wall, cpu2 + cpu)
 
     for recipe in recipes:
         dnn = params.replace(classifier="dnn", rf_recipe=recipe)
@@ -157,6 +162,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--original-seeds", default="0,1,2,3,4",
                         help="seeds that also run the original recipe (the slowest setup)")
     parser.add_argument("--summary", type=Path)
+    parser.add_argument("--reuse", type=Path, help="a results file whose svm and original-recipe rows are copied "
+                                                   "instead of run again (same split seeds and resolution)")
     args, overrides = parser.parse_known_args(argv)
     if args.summary:
         print(summarise(args.summary))
@@ -175,10 +182,17 @@ def main(argv: list[str]) -> None:
         print(json.dumps(entry), flush=True)
 
     original_seeds = {int(s) for s in args.original_seeds.split(",") if s}
+    old = [json.loads(line) for line in args.reuse.read_text().splitlines()] if args.reuse else []
     for seed in (int(s) for s in args.seeds.split(",")):
         for dataset in args.datasets.split(","):
-            recipes = ("lpft", "original") if seed in original_seeds else ("lpft",)
-            run_one(base, dataset, seed, args.root, write, recipes)
+            key = (dataset, seed, base.rf_inputResolution)
+            same = [r for r in old if (r["dataset"], r["seed"], r["resolution"]) == key]
+            svm_rows = [r for r in same if r["setup"] == "svm"]
+            original = [r for r in same if r["setup"] == "dnn original"]
+            recipes = ("lpft", "original") if seed in original_seeds and not original else ("lpft",)
+            run_one(base, dataset, seed, args.root, write, recipes, svm_rows if len(svm_rows) == 2 else None)
+            for entry in original:
+                write(entry)
 
 
 if __name__ == "__main__":

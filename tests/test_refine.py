@@ -226,6 +226,7 @@ def test_each_classifier_mode_runs_steps_2_to_5(tmp_path: Path, classifier: str)
     prepare_data(params)
     built = build_featurizer(params, pretrained=False, progress=False, log=lambda m: None)
     assert (built.refinement is None) == (classifier == "svm")
+    assert built.featurizer.head_input == ("raw" if classifier == "svm" else "l2")  # LP-FT's head reads unit length
     report = featurize_dataset(params, progress=False)
     assert report.feature_dim == (3 if classifier == "dnn" else 512)
     trained = train_classifier(params)

@@ -80,3 +80,15 @@ def test_an_unknown_tta_mode_is_refused(extractor: torch.nn.Module) -> None:
         Featurizer(extractor, "pad", "x", tta="rotate")
     with pytest.raises(ValueError, match="tta must be one of"):
         with_tta(extractor, "multi")
+
+
+def test_a_head_on_unit_length_features_round_trips(extractor: torch.nn.Module, tmp_path: Path) -> None:
+    head = torch.nn.Linear(extractor.feature_dim, 2)
+    featurizer = Featurizer(extractor, "pad", "refined", head, ["a", "b"], "logits", head_input="l2")
+    featurizer.save(tmp_path / "featurizer.pth")
+    loaded = Featurizer.load(tmp_path / "featurizer.pth")
+    images = torch.randint(0, 255, (2, 3, RESOLUTION, RESOLUTION), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = head(torch.nn.functional.normalize(extractor(images), dim=1))
+        torch.testing.assert_close(loaded.network(images), expected)
+    assert loaded.head_input == "l2" and loaded.fingerprint() == featurizer.fingerprint()

@@ -24,7 +24,16 @@ from imgclass.model.transforms import EvalTransform, check_tta, with_tta
 
 CHECKPOINT_FORMAT = "imgclass-featurizer-1"
 OUTPUTS = ("features", "logits")
+#: what the head reads: the features as they are, or scaled to unit length (L2), as the SVM reads them
+HEAD_INPUTS = ("raw", "l2")
 REBUILD_HINT = "re-run scripts/2_refineDNN.py (and steps 3-4) to rebuild it"
+
+
+class L2Normalize(nn.Module):
+    """Each row scaled to unit length (what the SVM of step 4 does to its features)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(features.float(), dim=1)
 
 
 @dataclass
@@ -37,7 +46,9 @@ class Featurizer:
     the head's class scores (``'logits'``). ``tta`` is the test-time
     augmentation every consumer of :attr:`network` gets (``'none'`` or
     ``'flip'``, see :func:`imgclass.model.transforms.with_tta`); checkpoints
-    written before it existed load as ``'none'``.
+    written before it existed load as ``'none'``. ``head_input='l2'``: the
+    head reads the features scaled to unit length (LP-FT's head does; older
+    files load as ``'raw'``).
     """
 
     extractor: FeatureExtractor
@@ -48,9 +59,12 @@ class Featurizer:
     labels: list[str] | None = None
     output: str = "features"
     tta: str = "none"
+    head_input: str = "raw"
 
     def __post_init__(self) -> None:
         check_tta(self.tta)
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.output == "logits" and (self.head is None or not self.labels):
@@ -59,7 +73,10 @@ class Featurizer:
     @property
     def network(self) -> nn.Module:
         """The module step 3 runs: the extractor, or extractor + head for class scores, with its TTA."""
-        network = nn.Sequential(self.extractor, self.head).eval() if self.output == "logits" else self.extractor
+        network: nn.Module = self.extractor
+        if self.output == "logits":
+            norm = [L2Normalize()] if self.head_input == "l2" else []
+            network = nn.Sequential(self.extractor, *norm, self.head).eval()
         return with_tta(network, self.tta)
 
     @property
@@ -74,7 +91,8 @@ class Featurizer:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description, stored with every artifact made from these features."""
         return {**self.extractor.recipe(), "resize_mode": self.resize_mode, "source": self.source,
-                "output": self.output, "output_dim": self.output_dim, "labels": self.labels, "tta": self.tta}
+                "output": self.output, "output_dim": self.output_dim, "labels": self.labels, "tta": self.tta,
+                "head_input": self.head_input}
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the outputs: the recipe and every weight (not where they came from).
@@ -86,8 +104,9 @@ class Featurizer:
         """
         digest = hashlib.sha256()
         recipe = {k: v for k, v in self.describe().items() if k != "source"}
-        if recipe["tta"] == "none":  # as before TTA existed: features stored then stay valid
-            del recipe["tta"]
+        for name, before in (("tta", "none"), ("head_input", "raw")):
+            if recipe[name] == before:  # as before these existed: features stored then stay valid
+                del recipe[name]
         digest.update(json.dumps(recipe, sort_keys=True).encode())
         modules = {"extractor": self.extractor, "head": self.head}
         for prefix, module in modules.items():
@@ -130,7 +149,8 @@ class Featurizer:
                 head.load_state_dict(checkpoint["head_state_dict"], strict=True)
                 head.eval()
             return cls(extractor.eval(), checkpoint["resize_mode"], checkpoint["source"], head,
-                       checkpoint.get("labels"), checkpoint.get("output", "features"), checkpoint.get("tta", "none"))
+                       checkpoint.get("labels"), checkpoint.get("output", "features"), checkpoint.get("tta", "none"),
+                       checkpoint.get("head_input", "raw"))
         except (KeyError, RuntimeError, ValueError, ImgClassError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise MissingArtifactError(f"{path} does not fit this version of imgclass ({reason}); "

@@ -63,6 +63,7 @@ from imgclass.errors import ImgClassError, ParameterError
 from imgclass.io.atomic import atomic_path
 from imgclass.model.backbones import FeatureExtractor
 from imgclass.model.dataset import ImageBatch, ImageDataset, as_batch
+from imgclass.model.featurizer import L2Normalize
 from imgclass.model.inference import DevicePlan, infer
 from imgclass.model.runtime import Runtime
 from imgclass.model.transforms import EvalTransform, TrainTransform, check_tta, with_tta
@@ -107,6 +108,8 @@ class RefineConfig:
     tta: str = "none"
     #: clip the gradient's norm to this before every step (0 = never)
     max_grad_norm: float = 0.0
+    #: the head reads the features scaled to unit length (as the SVM does)
+    normalize_features: bool = False
 
     def learning_rate(self, epoch: float) -> float:
         """Learning rate at ``epoch`` (0-based; a fraction is a point within an epoch).
@@ -139,7 +142,7 @@ class RefineConfig:
         key = asdict(self)
         key.pop("early_stop_patience")
         if self.recipe == "original":
-            for name in ("max_epochs", "recipe", "peak_lr", "warmup_epochs", "max_grad_norm"):
+            for name in ("max_epochs", "recipe", "peak_lr", "warmup_epochs", "max_grad_norm", "normalize_features"):
                 key.pop(name)
             if key["tta"] == "none":
                 key.pop("tta")
@@ -165,16 +168,18 @@ class TrainingImages:
 
 
 class ClassifierNet(nn.Module):
-    """Feature extractor -> dropout -> linear layer with one output per class."""
+    """Feature extractor -> (unit length) -> dropout -> linear layer with one output per class."""
 
-    def __init__(self, extractor: FeatureExtractor, n_classes: int, dropout: float):
+    def __init__(self, extractor: FeatureExtractor, n_classes: int, dropout: float, normalize: bool = False):
         super().__init__()
         self.extractor = extractor
+        self.normalize = normalize
+        self.norm = L2Normalize() if normalize else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(extractor.feature_dim, n_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.extractor(images)))
+        return self.head(self.dropout(self.norm(self.extractor(images))))
 
 
 def split_validation(targets: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -423,16 +428,18 @@ def _frozen_features(extractor: FeatureExtractor, images: TrainingImages, transf
 
 
 def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transform: EvalTransform, mirror: bool,
-                     batch_size: int, runtime: Runtime, seed: int) -> LinearProbe:
+                     batch_size: int, runtime: Runtime, seed: int, normalize: bool = False) -> LinearProbe:
     """Fit a new head on the frozen ``extractor``'s features of ``images`` (stage 1 of LP-FT).
 
     A multinomial logistic regression on centred features scaled by their
     overall spread, classes weighted by their inverse frequency (as the SVM
-    of step 4), C chosen from :data:`PROBE_CS` by stratified k-fold
+    of step 4), C chosen from :data:`PROBE_CS` by stratified 3-fold
     cross-validation (log-loss; an image and its mirror stay in one fold;
     C = 1 when a class has a single image), then written into an
     ``nn.Linear`` on the raw features (centring and scale folded into its
-    weights). ``extractor`` is only read (eval mode, no gradients): its weights
+    weights). ``normalize``: each feature vector is first scaled to unit
+    length, as the head will read it. ``extractor`` is only read (eval mode,
+    no gradients): its weights
     and batch-norm statistics stay bit-identical.
     """
     import warnings
@@ -442,6 +449,8 @@ def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transf
 
     started = time.perf_counter()
     X, y, groups = _frozen_features(extractor, images, transform, mirror, batch_size, runtime)
+    if normalize:
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     if len(np.unique(y)) < 2:
         raise ImgClassError("the linear probe needs readable training images of at least 2 classes")
     # Centred per dimension, scaled by one number: per-dimension scaling would give near-constant features
@@ -450,7 +459,7 @@ def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transf
     scale = float((X - mean).std()) + 1e-6
     Z = (X - mean) / scale
     images_per_class = [len(np.unique(groups[y == label])) for label in np.unique(y)]
-    folds = min(5, min(images_per_class))
+    folds = min(3, min(images_per_class))
     C = 1.0
     with warnings.catch_warnings():  # a fold that leaves out a class is scored NaN and ignored
         warnings.simplefilter("ignore")
@@ -508,7 +517,8 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
     device, plan = runtime.device, DevicePlan.for_device(runtime.device)
     lpft = config.recipe == "lpft"
     torch.manual_seed(config.seed)
-    model = plan.prepare(ClassifierNet(extractor, len(images.labels), 0.0 if lpft else config.dropout))
+    model = plan.prepare(ClassifierNet(extractor, len(images.labels), 0.0 if lpft else config.dropout,
+                                       config.normalize_features))
     optimizer = _optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and runtime.dtype == torch.float16)
 
@@ -548,7 +558,7 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
     done = _resume(checkpoint_path, fingerprint, model, optimizer, scaler, device, log)
     if lpft and not any(row["epoch"] == 0 for row in done.history):
         probe = fit_linear_probe(model.extractor, train, eval_transform, config.aug_flip or config.tta == "flip",
-                                 val_batch, runtime, config.seed)
+                                 val_batch, runtime, config.seed, config.normalize_features)
         with torch.no_grad():
             model.head.weight.copy_(probe.head.weight)
             model.head.bias.copy_(probe.head.bias)

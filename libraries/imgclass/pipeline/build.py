@@ -96,7 +96,7 @@ def refine_config(params: Parameters) -> "RefineConfig":
         aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode,
         recipe=params.rf_recipe, peak_lr=params.rf_ftLearningRate, warmup_epochs=params.rf_warmupEpochs,
         early_stop_patience=params.rf_earlyStopPatience, tta=params.run_tta,
-        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0)
+        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0, normalize_features=lpft)
 
 
 def backbone_names(params: Parameters) -> list[str]:
@@ -181,7 +181,8 @@ def make_featurizer(params: Parameters, backbone: str, classifier: str, layout: 
     model = result.model
     how = f"{config.recipe}, {len(result.fine_tuning_epochs)} epochs, best epoch {result.best_epoch}"
     featurizer = Featurizer(model.extractor, params.rf_resizeMode, f"{source}, refined ({how})", model.head,
-                            list(images.labels), "logits" if classifier == "dnn" else "features", params.run_tta)
+                            list(images.labels), "logits" if classifier == "dnn" else "features", params.run_tta,
+                            "l2" if model.normalize else "raw")
     return featurizer, result
 
 
