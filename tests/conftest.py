@@ -20,9 +20,15 @@ DEMO_IMAGES = PROJECT_DIR / "resources" / "demoImages"
 
 @pytest.fixture(autouse=True)
 def default_parameters_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The library's defaults, except MLflow tracking, which only tests/test_tracking.py turns on.
+
+    Tracking starts a worker process that imports MLflow beside every step a
+    test runs (seconds each); its own tests use a parameters file of their own.
+    """
     path = tmp_path_factory.getbasetemp() / "EMPTY_PARAMETERS.py"
     if not path.exists():
-        path.write_text("# defaults only\n")
+        path.write_text("# defaults only, but no MLflow tracking (tests/test_tracking.py tests it)\n"
+                        "mlflow_trackingUri = ''\n")
     monkeypatch.setenv("IMGCLASS_PARAMETERS", str(path))
     return path
 
