@@ -197,3 +197,14 @@ def test_step_4_says_when_C_was_chosen_on_a_sample(tmp_path: Path) -> None:
     assert report.final["test_accuracy"] > 0.8
     info = json.loads(layout.svm_json.read_text())
     assert (info["cv_rows"], info["calibration_held_out_rows"], info["final"]) == (60, 20, report.final)
+
+
+def test_a_class_with_one_training_image_still_gets_probabilities() -> None:
+    """Two images of a class split one-one: one training image, too few for calibration folds."""
+    X, y = _blobs(6, 3, spread=0.5)
+    keep = np.concatenate([np.flatnonzero(y != 2), np.flatnonzero(y == 2)[:1]])
+    model = LinearSvmCV([0.1, 1.0], cv=5, n_jobs=1).fit(X[keep], y[keep])
+    proba = model.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert model.predict(X[keep]).tolist() == y[keep].tolist()

@@ -276,7 +276,13 @@ class LinearSvm(ClassifierMixin, BaseEstimator):
             return self
         self.pipeline_ = _quiet_fit(make_svm(self.C, self.l2_normalize, self.random_state), X, ids)
         self.calibrated_ = None
-        if self.probability:
+        present_class_sizes = np.bincount(ids)[np.unique(ids)]
+        if self.probability and present_class_sizes.min() < 2:
+            # A class with one training image cannot be split into calibration folds (tiny datasets: 2
+            # images of a class, one trains, one tests). Calibrate the fitted SVM on its own training
+            # rows instead: probabilities come out overconfident, but the step does not fail.
+            self.calibrated_ = _calibrate_fitted(self.pipeline_, X, ids)
+        elif self.probability:
             folds = StratifiedKFold(effective_folds(ids, self.cv), shuffle=True, random_state=self.random_state)
             self.calibrated_ = _quiet_fit(
                 CalibratedClassifierCV(make_svm(self.C, self.l2_normalize, self.random_state), method="sigmoid",
