@@ -92,8 +92,7 @@ def test_lpft_trains_the_head_first_with_the_backbone_bit_identical_then_moves_e
     extractor = build_feature_extractor("resnet18", 32)
     before = _state(extractor)
     runtime = Runtime(torch.device("cpu"), torch.float32, 0)
-    probe = fit_linear_probe(extractor, images, EvalTransform(32), mirror=True, batch_size=8, runtime=runtime,
-                             seed=0)
+    probe = fit_linear_probe(extractor, images, EvalTransform(32), batch_size=8, runtime=runtime, seed=0)
     assert all(torch.equal(before[k], v) for k, v in extractor.state_dict().items())  # stage 1 reads only
     assert probe.train_error <= 0.1 and probe.head.weight.shape == (2, 512)  # the head alone separates them
 
@@ -124,8 +123,9 @@ def test_lpft_stops_early_when_validation_does_not_improve_and_stays_stopped(tmp
     assert [row["epoch"] for row in result.history] == [0, 1, 2]  # not 6 epochs
     assert result.stopped_early and result.best_epoch == 0
     assert any("stopping early" in m for m in messages)
+    assert "head refit on all 24 training images" in messages[-1]  # the probe won: refit with the validation part
     _, again = _run(tmp_path, config, log=messages.append)  # re-running step 2 does not train on
-    assert [row["epoch"] for row in again.history] == [0, 1, 2] and "stopped early" in messages[-1]
+    assert [row["epoch"] for row in again.history] == [0, 1, 2] and "stopped early" in messages[-2]
     _, never = _run(tmp_path, _config(rf_recipe="lpft", rf_ftEpochs=2, rf_ftLearningRate=1e-30,
                                       rf_validationFraction=0.25, rf_earlyStopPatience=0, rf_l2RegWeight=0.0))
     assert len(never.fine_tuning_epochs) == 2 and not never.stopped_early

@@ -14,9 +14,9 @@ Two recipes (``rf_recipe``):
 - ``'lpft'`` (the default): linear probing, then fine-tuning (LP-FT; Kumar et
   al., ICLR 2022, "Fine-Tuning can Distort Pretrained Features and
   Underperform Out-of-Distribution"). Stage 1 (:func:`fit_linear_probe`) fits
-  the new head alone, as a multinomial logistic regression on the frozen
-  backbone's features of the training images and their mirrors (C by
-  cross-validation), and copies it into the head: the backbone stays
+  the new head alone on the frozen backbone's unit-length features: the
+  linear SVM of step 4, copied into the head (so at epoch 0 the network
+  classifies as that SVM does); the backbone stays
   bit-identical, and this "epoch 0" is a candidate for the best epoch like
   every other. Stage 2 fine-tunes everything from that head: the backbone at
   a lower rate than the head, a linear warm-up then a cosine decay per batch,
@@ -49,6 +49,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -71,9 +72,8 @@ from imgclass.model.transforms import EvalTransform, TrainTransform, check_tta, 
 CHECKPOINT_FORMAT = "imgclass-refinement-1"
 #: ``rf_recipe``: linear probing then fine-tuning, or the original tutorial's recipe
 RECIPES = ("lpft", "original")
-#: C values the linear probe chooses from by cross-validation (inverse L2 strength on the centred features scaled
-#: to unit spread; for 1280 unit-length features, 1e-4 here is C = 0.13 on them as the SVM sees them, 1 is 1275)
-PROBE_CS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
+#: C values the linear probe chooses from by cross-validation: those of the SVM of step 4 (svm_CVals' default)
+PROBE_CS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -389,18 +389,6 @@ def validate(model: nn.Module, dataset: ImageDataset, targets: Sequence[int], ba
     return (total_loss / seen, wrong / seen) if seen else (float("nan"), float("nan"))
 
 
-class _WithMirror(nn.Module):
-    """``network``'s outputs for the images and for their mirrors, side by side: ``(B, 2D)``."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        plain, mirrored = self.network(torch.cat([images, images.flip(-1)])).chunk(2)
-        return torch.cat([plain, mirrored], dim=1)
-
-
 @dataclass
 class LinearProbe:
     """Stage 1 of LP-FT: the fitted head, the C chosen, its loss and error on the features it was fit on."""
@@ -412,81 +400,63 @@ class LinearProbe:
     seconds: float
 
 
-def _frozen_features(extractor: FeatureExtractor, images: TrainingImages, transform: EvalTransform,
-                     mirror: bool, batch_size: int, runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features of the readable images (and of their mirrors): ``(X, y, image index)``, via the inference loop."""
-    network = _WithMirror(extractor) if mirror else extractor
+def _frozen_features(network: nn.Module, dim: int, images: TrainingImages, transform: EvalTransform,
+                     batch_size: int, runtime: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    """``network``'s outputs for the readable images and their class ids ``(X, y)``, via the inference loop."""
     rows, indices = [], []
     for batch in infer(network, ImageDataset(images.paths, transform), batch_size, runtime):
         rows.append(batch.outputs[batch.readable])
         indices.append(batch.indices[batch.readable])
-    dim = extractor.feature_dim
-    outputs = np.concatenate(rows) if rows else np.zeros((0, dim * (2 if mirror else 1)), np.float32)
+    X = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    X = np.concatenate([outputs[:, :dim], outputs[:, dim:]]) if mirror else outputs
-    index = np.concatenate([index, index]) if mirror else index
-    return X.astype(np.float64), np.asarray(images.targets)[index], index
+    return X.astype(np.float64), np.asarray(images.targets)[index]
 
 
-def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transform: EvalTransform, mirror: bool,
-                     batch_size: int, runtime: Runtime, seed: int, normalize: bool = False) -> LinearProbe:
+def fit_linear_probe(extractor: FeatureExtractor, images: TrainingImages, transform: EvalTransform, batch_size: int,
+                     runtime: Runtime, seed: int, normalize: bool = True, tta: str = "none") -> LinearProbe:
     """Fit a new head on the frozen ``extractor``'s features of ``images`` (stage 1 of LP-FT).
 
-    A multinomial logistic regression on centred features scaled by their
-    overall spread, classes weighted by their inverse frequency (as the SVM
-    of step 4), C chosen from :data:`PROBE_CS` by stratified 3-fold
-    cross-validation (log-loss; an image and its mirror stay in one fold;
-    C = 1 when a class has a single image), then written into an
-    ``nn.Linear`` on the raw features (centring and scale folded into its
-    weights). ``normalize``: each feature vector is first scaled to unit
-    length, as the head will read it. ``extractor`` is only read (eval mode,
-    no gradients): its weights
-    and batch-norm statistics stay bit-identical.
+    The head is the linear SVM of step 4 (:func:`imgclass.model.svm.make_svm`:
+    balanced class weights, C from :data:`PROBE_CS` by stratified 5-fold
+    cross-validation, :func:`~imgclass.model.svm.select_C`) on the features
+    step 3 would compute (with ``tta``), each scaled to unit length when
+    ``normalize`` (as the SVM and the refined head read them). Its decision
+    function is linear, so it is copied into an ``nn.Linear``: at epoch 0 the
+    network classifies exactly as that SVM. ``extractor`` is only read (eval
+    mode, no gradients): its weights and batch-norm statistics stay
+    bit-identical.
     """
-    import warnings
+    from sklearn.exceptions import ConvergenceWarning
 
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+    from imgclass.model.svm import effective_folds, make_svm, select_C
 
     started = time.perf_counter()
-    X, y, groups = _frozen_features(extractor, images, transform, mirror, batch_size, runtime)
-    if normalize:
-        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X, y = _frozen_features(with_tta(extractor, tta), extractor.feature_dim, images, transform, batch_size, runtime)
     if len(np.unique(y)) < 2:
         raise ImgClassError("the linear probe needs readable training images of at least 2 classes")
-    # Centred per dimension, scaled by one number: per-dimension scaling would give near-constant features
-    # huge weights, and fine-tuning (and augmentation) then moves the head's outputs wildly.
-    mean = X.mean(0)
-    scale = float((X - mean).std()) + 1e-6
-    Z = (X - mean) / scale
-    images_per_class = [len(np.unique(groups[y == label])) for label in np.unique(y)]
-    folds = min(3, min(images_per_class))
+    if normalize:
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     C = 1.0
-    with warnings.catch_warnings():  # a fold that leaves out a class is scored NaN and ignored
-        warnings.simplefilter("ignore")
-        if folds >= 2:
-            splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(Z, y, groups))
-            losses = [np.nanmean(cross_val_score(LogisticRegression(C=c, class_weight="balanced", max_iter=3000),
-                                                 Z, y, cv=splits,
-                                                 scoring="neg_log_loss", error_score=np.nan)) for c in PROBE_CS]
-            if not np.all(np.isnan(losses)):
-                C = PROBE_CS[int(np.nanargmax(losses))]  # the first of equals: the stronger regularisation
-        model = LogisticRegression(C=C, class_weight="balanced", max_iter=3000).fit(Z, y)
-    coef, intercept = model.coef_, model.intercept_
-    if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax over [-z/2, z/2] is the same model
+    if np.bincount(y)[np.unique(y)].min() >= 2:
+        C = select_C(X, y, list(PROBE_CS), effective_folds(y, 5), False, seed, n_jobs=1).best_C
+    with warnings.catch_warnings():  # as step 4: a C that does not converge is simply scored lower
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        svm = make_svm(C, l2_normalize=False, random_state=seed).fit(X, y)[-1]
+    classes = svm.classes_
+    coef, intercept = svm.coef_, np.atleast_1d(svm.intercept_)
+    if len(classes) == 2:  # binary: one decision value z; logits [-z/2, z/2] choose the same class
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
     n_classes = len(images.labels)
     weight = np.zeros((n_classes, X.shape[1]))
     bias = np.full(n_classes, float(intercept.min()) - 10.0)  # a class without training images is never chosen
-    weight[model.classes_], bias[model.classes_] = coef / scale, intercept - (coef / scale) @ mean
+    weight[classes], bias[classes] = coef, intercept
     head = nn.Linear(X.shape[1], n_classes)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
-    probabilities = model.predict_proba(Z)
-    true = np.searchsorted(model.classes_, y)
-    loss = float(-np.log(np.clip(probabilities[np.arange(len(y)), true], 1e-12, None)).mean())
-    error = float((model.classes_[probabilities.argmax(1)] != y).mean())
+    logits = torch.from_numpy(X @ weight.T + bias)
+    loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(y)))
+    error = float((logits.argmax(1).numpy() != y).mean())
     return LinearProbe(head, C, loss, error, time.perf_counter() - started)
 
 
@@ -558,8 +528,8 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
 
     done = _resume(checkpoint_path, fingerprint, model, optimizer, scaler, device, log)
     if lpft and not any(row["epoch"] == 0 for row in done.history):
-        probe = fit_linear_probe(model.extractor, train, eval_transform, config.aug_flip or config.tta == "flip",
-                                 val_batch, runtime, config.seed, config.normalize_features)
+        probe = fit_linear_probe(model.extractor, train, eval_transform, val_batch, runtime, config.seed,
+                                 config.normalize_features, config.tta)
         with torch.no_grad():
             model.head.weight.copy_(probe.head.weight)
             model.head.bias.copy_(probe.head.bias)
@@ -605,6 +575,16 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
 
     if done.best_state is not None:
         model.load_state_dict(done.best_state)
+    if lpft and done.best_epoch == 0 and len(held_out.paths):
+        # The probe won: the backbone is the pretrained one, and the head is refit on every training image,
+        # the validation part included (what step 4's SVM learns from).
+        probe = fit_linear_probe(model.extractor, images, eval_transform, val_batch, runtime, config.seed,
+                                 config.normalize_features, config.tta)
+        with torch.no_grad():
+            model.head.weight.copy_(probe.head.weight)
+            model.head.bias.copy_(probe.head.bias)
+        log(f"the linear probe beat every fine-tuning epoch: its head refit on all {len(images.paths)} training "
+            f"images (C {probe.C:g})")
     return RefineResult(copy.deepcopy(model).cpu().eval(), done.history, done.best_epoch, done.stopped_early)
 
 
