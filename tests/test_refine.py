@@ -123,7 +123,7 @@ def test_lpft_stops_early_when_validation_does_not_improve_and_stays_stopped(tmp
     assert [row["epoch"] for row in result.history] == [0, 1, 2]  # not 6 epochs
     assert result.stopped_early and result.best_epoch == 0
     assert any("stopping early" in m for m in messages)
-    assert "head refit on all 24 training images" in messages[-1]  # the probe won: refit with the validation part
+    assert "refit as the linear probe on all 24 training images with the backbone of epoch 0" in messages[-1]
     _, again = _run(tmp_path, config, log=messages.append)  # re-running step 2 does not train on
     assert [row["epoch"] for row in again.history] == [0, 1, 2] and "stopped early" in messages[-2]
     _, never = _run(tmp_path, _config(rf_recipe="lpft", rf_ftEpochs=2, rf_ftLearningRate=1e-30,
