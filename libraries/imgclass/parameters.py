@@ -45,6 +45,9 @@ DEMO_DATASET_NAME = "tuxpaintStamps"
 #: (see docs/scraping.md and benchmarks/dedup_threshold.py).
 DEFAULT_DEDUP_MAX_DISTANCE = 16
 
+#: The classifiers of step 4 (``classifier``; 'auto' chooses among them).
+CLASSIFIERS = ("svm", "dnn", "svmDnnRefined")
+
 #: Keys the original CNTK tutorial spelled differently: alias -> canonical name.
 ALIASES = {"rf_inputResoluton": "rf_inputResolution"}
 
@@ -216,9 +219,8 @@ def _backbone_or_list(value: str | list[str]) -> str | None:
 
 
 def _auto_classifiers(values: list[str]) -> str | None:
-    allowed = ("svm", "dnn", "svmDnnRefined")
-    if not values or any(v not in allowed for v in values) or len(set(values)) != len(values):
-        return f"must be a non-empty list of distinct values from {', '.join(repr(a) for a in allowed)}"
+    if not values or any(v not in CLASSIFIERS for v in values) or len(set(values)) != len(values):
+        return f"must be a non-empty list of distinct values from {', '.join(repr(a) for a in CLASSIFIERS)}"
     return None
 
 
@@ -273,7 +275,7 @@ class Parameters:
     classifier: str = _param(DATA, "svm", "'svm': fixed DNN features + linear SVM; 'dnn': the refined DNN itself; "
                                           "'svmDnnRefined': SVM on the refined DNN's features; 'auto': the best of "
                                           "auto_classifiers x backbones on the training set",
-                             choices=("svm", "dnn", "svmDnnRefined", "auto"))
+                             choices=(*CLASSIFIERS, "auto"))
     ratioTrainTest: float = _param(DATA, 0.75, "fraction of each class's images used for training",
                                    check=_open_unit_interval)
     imagesSplitBy: str = _param(DATA, "filename", "'filename': split individual files; 'subdir': keep each "

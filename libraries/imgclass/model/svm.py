@@ -383,11 +383,8 @@ class LinearSvmCV(ClassifierMixin, BaseEstimator):
 
     def __init__(self, Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0), cv: int = 5, n_jobs: int | None = -1,
                  estimator: LinearSvm | None = None, max_rows_for_cv: int | None = None):
-        self.Cs = Cs
-        self.cv = cv
-        self.n_jobs = n_jobs
-        self.estimator = estimator
-        self.max_rows_for_cv = max_rows_for_cv
+        self.Cs, self.cv, self.n_jobs = Cs, cv, n_jobs  # stored as given (scikit-learn's clone needs it)
+        self.estimator, self.max_rows_for_cv = estimator, max_rows_for_cv
 
     def fit(self, X: np.ndarray, y: Sequence[Any]) -> "LinearSvmCV":
         """Choose C on ``(X, y)`` by cross-validation, then fit every C (in parallel) and the chosen one calibrated.

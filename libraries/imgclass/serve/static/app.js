@@ -1,31 +1,13 @@
 // The imgclass web page: pick or drop an image, POST it to /predict, show the ranked labels as bars.
-// Plain JavaScript, no build step; talks only to the server that served the page.
+// Plain JavaScript, no build step; talks only to the server that served the page. The key field,
+// authHeaders and setStatus come from common.js.
 "use strict";
 
-const KEY_STORAGE = "imgclass-api-key";
-const $ = (id) => document.getElementById(id);
-
-function authHeaders() {
-  const key = $("api-key").value.trim();
-  return key ? { Authorization: "Bearer " + key } : {};
-}
-
-function setStatus(text, isError) {
-  const status = $("status");
-  status.textContent = text;
-  status.classList.toggle("error", Boolean(isError));
-}
-
 async function describeModel() {
-  try {
-    const response = await fetch("/health");
-    const health = await response.json();
-    $("model").textContent = `Model ${health.model_name} (version ${health.model_version}), ` +
-      `${health.num_labels} labels`;
-    $("key-section").hidden = !health.api_key_required;
-  } catch (error) {
-    $("model").textContent = "The service does not answer: " + error;
-  }
+  const health = await setUpKey(null);
+  $("model").textContent = health
+    ? `Model ${health.model_name} (version ${health.model_version}), ${health.num_labels} labels`
+    : "The service does not answer";
 }
 
 function showResults(prediction) {
@@ -74,9 +56,6 @@ async function classify(file) {
 function setUp() {
   const zone = $("drop-zone");
   const input = $("file-input");
-  const key = $("api-key");
-  key.value = sessionStorage.getItem(KEY_STORAGE) || "";
-  key.addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, key.value));
   input.addEventListener("change", () => {
     const file = input.files[0];
     input.value = "";  // picking the same file again fires "change" again

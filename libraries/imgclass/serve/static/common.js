@@ -1,9 +1,15 @@
-// Shared by the labeling (/label) and results (/results) pages: the API key and authenticated requests.
-// The key is kept in this browser tab only (sessionStorage), as on the service's main page.
+// Shared by the service's pages (/, /label, /results): the API key field and authenticated requests.
+// The key is kept in this browser tab only (sessionStorage).
 "use strict";
 
 const KEY_STORAGE = "imgclass-api-key";
 const $ = (id) => document.getElementById(id);
+
+// The key field, the same on every page (the page has an empty <section id="key-section" hidden>).
+$("key-section").innerHTML =
+  '<label for="api-key">API key</label>' +
+  '<input id="api-key" type="password" autocomplete="off" placeholder="this server requires a key">' +
+  '<span class="muted">kept in this tab only</span>';
 
 function authHeaders() {
   const key = ($("api-key").value || "").trim();
@@ -41,15 +47,22 @@ async function imageUrl(path) {
   return URL.createObjectURL(await response.blob());
 }
 
+// Restore the key, keep it as it is typed, call onChange when it is entered; show the field if the
+// service needs a key. Returns the service's /health answer (null if it does not answer).
 async function setUpKey(onChange) {
   const key = $("api-key");
   key.value = sessionStorage.getItem(KEY_STORAGE) || "";
   key.addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, key.value));
-  key.addEventListener("change", onChange);
+  if (onChange) {
+    key.addEventListener("change", onChange);
+    $("key-section").querySelector(".muted").textContent += "; press Enter";
+  }
   try {
     const health = await (await fetch("/health")).json();
     $("key-section").hidden = !health.api_key_required;
+    return health;
   } catch (error) {
     setStatus("The service does not answer: " + error, true);
+    return null;
   }
 }
