@@ -308,9 +308,6 @@ spark_partitions = 0
 # Spark settings as spark-submit's --conf takes them, 'key=value' (e.g.
 # ['spark.executor.memory=8g']; on the command line comma-separated)
 spark_conf = []
-# MLflow model that batch scoring on Spark applies (mlflow.pyfunc.spark_udf), e.g.
-# 'models:/<name>/<version>' ('' = the trained model under proc/<datasetName>/)
-spark_modelUri = ""
 # Parquet table batch scoring on Spark writes ('' = results/<datasetName>/batchScores.parquet);
 # batch_inputDir may be a folder, any URL Spark reads, or a Parquet table with a path (and
 # content) column

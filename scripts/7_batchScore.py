@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from imgclass.cli import parse_step, run_main
-from imgclass.serve.batch import STEP, score_images
-from imgclass.spark.batch import score_on_spark
+from imgclass.serve.batch import STEP, score_batch
 
 #: This checkout: its PARAMETERS.py is the default, its resources/ hold the demo images and weight files.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -23,8 +22,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> None:
     params = parse_step(argv, STEP, __doc__, PROJECT_DIR)
-    score = score_on_spark if params.run_engine == "spark" else score_images  # Spark: a Parquet table
-    report = score(params, progress=sys.stderr.isatty())
+    report = score_batch(params, progress=sys.stderr.isatty())  # run_engine='spark': a Parquet table
     print(report.summary())
 
 

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from imgclass.errors import ImgClassError
+from imgclass.layout import DatasetLayout
 from imgclass.parameters import load_parameters
 from imgclass.spark.session import SparkUnavailableError, java_available, parse_conf
 
@@ -268,6 +269,31 @@ def test_batch_scoring_on_spark_gives_the_local_scripts_labels_and_scores(demo, 
     assert {Path(p).name for p, row in by_url.items() if not row["ok"]} == set(broken) - {"empty.jpg"}
     assert {Path(p).name: row["label"] for p, row in by_url.items() if row["ok"]} == {
         Path(p).name: row["label"] for p, row in scored.items()}
+
+
+def test_batch_scoring_on_spark_with_an_mlflow_model_gives_the_local_labels(demo, tmp_path: Path) -> None:
+    """deploy_modelUri on Spark: the same model as an MLflow pyfunc, applied with mlflow.pyfunc.spark_udf."""
+    import pyarrow.parquet as pq
+
+    from imgclass.serve.batch import score_batch, score_images
+    from imgclass.serve.pyfunc import save_model
+
+    params = demo[0]
+    model = save_model(DatasetLayout.from_parameters(params), tmp_path / "model", params.classifier)
+    folder = tmp_path / "to score"
+    for image in sorted(DEMO_IMAGES.glob("*/*.jpg"))[::30]:
+        (folder / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / image.parent.name / image.name)
+    run = params.replace(batch_inputDir=str(folder), batch_outputCsv=str(tmp_path / "local.csv"), run_workers=0,
+                         batch_database=str(tmp_path / "local.sqlite"), mlflow_trackingUri="",
+                         spark_batchOutput=str(tmp_path / "mlflow.parquet"))
+    score_images(run)
+    with open(tmp_path / "local.csv", newline="", encoding="utf-8") as handle:
+        local = {row["path"]: row["label"] for row in csv.DictReader(handle)}
+    report = score_batch(run.replace(run_engine="spark", deploy_modelUri=str(model)))
+    table = pq.read_table(tmp_path / "mlflow.parquet").to_pylist()
+    assert report.n_failed == 0 and {row["path"]: row["label"] for row in table} == local
+    assert all(row["model_name"] == str(model) for row in table)
 
 
 def test_batch_scoring_reads_a_parquet_table_of_paths(demo, tmp_path: Path) -> None:

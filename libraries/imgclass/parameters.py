@@ -502,9 +502,6 @@ class Parameters:
     spark_conf: list[str] = _param(SPARK, [], "Spark settings as spark-submit's --conf takes them, 'key=value' "
                                               "(e.g. ['spark.executor.memory=8g']; on the command line "
                                               "comma-separated)", check=_spark_conf)
-    spark_modelUri: str = _param(SPARK, "", "MLflow model that batch scoring on Spark applies "
-                                            "(mlflow.pyfunc.spark_udf), e.g. 'models:/<name>/<version>' ('' = the "
-                                            "trained model under proc/<datasetName>/)")
     spark_batchOutput: str = _param(SPARK, "", "Parquet table batch scoring on Spark writes ('' = "
                                                "results/<datasetName>/batchScores.parquet); batch_inputDir may be a "
                                                "folder, any URL Spark reads, or a Parquet table with a path (and "

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from imgclass.errors import ImgClassError
 from imgclass.io.atomic import write_csv
@@ -35,11 +35,14 @@ from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
 from imgclass.serve.database import COLUMNS, TABLE, ResultsDatabase, database_url, score_rows
 
+if TYPE_CHECKING:
+    from imgclass.spark.batch import SparkBatchReport
+
 STEP = StepSpec("batch", "scripts/7_batchScore.py",
                 "classify every image under a folder into a CSV and a results database (resumable)",
                 ("datasetName", "rootDir", "batch_inputDir", "batch_outputCsv", "batch_database", "run_mbSize",
                  "run_device", "run_precision", "run_workers", "deploy_modelUri", "mlflow_trackingUri", "run_engine",
-                 "spark_master", "spark_partitions", "spark_conf", "spark_modelUri", "spark_batchOutput"))
+                 "spark_master", "spark_partitions", "spark_conf", "spark_batchOutput"))
 
 
 class FilePredictor(Protocol):
@@ -203,3 +206,21 @@ def score_images(params: Parameters, progress: bool = False) -> BatchReport:
     database = database_url(params.batch_database, layout.batch_scores_sqlite)
     predictor = load_deployed_predictor(params, params.run_workers)  # deploy_modelUri, or proc/<ds>/
     return score_folder(predictor, input_dir, csv_path, database, params.run_mbSize, progress)
+
+
+def score_batch(params: Parameters, progress: bool = False) -> "BatchReport | SparkBatchReport":
+    """Step 7 on the engine ``run_engine`` names: locally into the CSV and the results database, or on
+    Spark into a Parquet table. Both classify with the same model: ``deploy_modelUri``, or ``proc/<ds>/``."""
+    if params.run_engine != "spark":
+        return score_images(params, progress)
+    from imgclass.spark.batch import MlflowModel, score_on_spark
+
+    model = None
+    if params.deploy_modelUri:
+        from imgclass.serve.pyfunc import resolve_model_source, resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(params.mlflow_trackingUri, params.root_path)
+        source, registered = resolve_model_source(params.deploy_modelUri, tracking_uri)
+        model = MlflowModel(source, tracking_uri, registered.name if registered else "",
+                            registered.version if registered else "")
+    return score_on_spark(params, progress, model)

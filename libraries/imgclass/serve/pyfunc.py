@@ -434,21 +434,16 @@ def resolve_registry_version(client: Any, model_uri: str) -> RegistryVersion | N
     return RegistryVersion(name, str(found.version))
 
 
-def load_model_predictor(model_uri: str, tracking_uri: str, run_device: str = "auto",
-                         run_precision: str = "fp32", run_workers: int = 0) -> "Predictor":
-    """The :class:`~imgclass.model.predictor.Predictor` inside the MLflow model at ``model_uri``.
+def resolve_model_source(model_uri: str, tracking_uri: str) -> tuple[str, RegistryVersion | None]:
+    """``(what MLflow loads, the registered version)`` for ``model_uri``: an alias or version of a registered
+    model becomes ``models:/<name>/<version>``; a run or a folder stays as it is (no registered version).
 
-    ``model_uri``: ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
-    ``runs:/<run id>/model`` or a local model folder; ``models:/`` and
-    ``runs:/`` URIs are looked up in ``tracking_uri``. A registered version
-    is served under its registry name and version number (what ``/health``
-    and batch scoring's rows report).
+    One-line :class:`ModelUriError` for a registry that cannot be reached, a missing model, version or
+    alias, or a URI that names nothing.
     """
-    import dataclasses
-
     if not tracking_uri and re.match(r"(models|runs):/", model_uri):
         raise ModelUriError(f"deploy_modelUri={model_uri!r} needs a model registry, but mlflow_trackingUri is ''")
-    mlflow = import_mlflow()
+    import_mlflow()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -461,6 +456,25 @@ def load_model_predictor(model_uri: str, tracking_uri: str, run_device: str = "a
     if not re.match(r"[a-z][a-z0-9+.-]*:/", source) and not Path(source).expanduser().is_dir():
         raise ModelUriError(f"model not found: {model_uri!r} is neither a model URI (models:/..., runs:/...) nor "
                             "a model folder")
+    return source, registered
+
+
+def load_model_predictor(model_uri: str, tracking_uri: str, run_device: str = "auto",
+                         run_precision: str = "fp32", run_workers: int = 0) -> "Predictor":
+    """The :class:`~imgclass.model.predictor.Predictor` inside the MLflow model at ``model_uri``.
+
+    ``model_uri``: ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+    ``runs:/<run id>/model`` or a local model folder; ``models:/`` and
+    ``runs:/`` URIs are looked up in ``tracking_uri``. A registered version
+    is served under its registry name and version number (what ``/health``
+    and batch scoring's rows report).
+    """
+    import dataclasses
+
+    mlflow = import_mlflow()
+    from mlflow.exceptions import MlflowException
+
+    source, registered = resolve_model_source(model_uri, tracking_uri)
     previous = mlflow.get_tracking_uri() if tracking_uri else None
     try:
         if tracking_uri:
@@ -503,4 +517,4 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = ["ImgClassModel", "ModelUriError", "load_deployed_predictor", "load_model_predictor", "python_model",
-           "resolve_tracking_uri", "save_model"]
+           "resolve_model_source", "resolve_tracking_uri", "save_model"]

@@ -16,7 +16,8 @@ anything Spark reads:
 The model is either the trained model under ``proc/<ds>/`` (its three files
 shipped to the executors and loaded there into the same
 :class:`~imgclass.model.predictor.Predictor` local script 7 uses), or, with
-``spark_modelUri``, an MLflow model applied with ``mlflow.pyfunc.spark_udf``.
+``deploy_modelUri``, an MLflow model applied with ``mlflow.pyfunc.spark_udf`` (resolved by the caller,
+:func:`imgclass.serve.batch.score_batch`, like the local engine's).
 
 The output (``spark_batchOutput``, default ``results/<ds>/batchScores.parquet``)
 has one row per image: ``path`` (local files as absolute POSIX paths, like
@@ -143,8 +144,19 @@ def _score_with_predictor(spark: Any, images: Any, params: Parameters, layout: D
     return images.mapInArrow(work, SCORES_SCHEMA), predictor.model_name, predictor.model_version
 
 
-def _score_with_mlflow(spark: Any, images: Any, model_uri: str) -> tuple[Any, str, str]:
-    """An MLflow model (``spark_modelUri``) applied with ``mlflow.pyfunc.spark_udf``.
+@dataclass(frozen=True)
+class MlflowModel:
+    """An MLflow model to score with: what MLflow loads (``models:/<name>/<version>``, ``runs:/...``, a folder),
+    the tracking/registry URI it is looked up in, and the name and version its rows report."""
+
+    source: str
+    tracking_uri: str
+    name: str
+    version: str
+
+
+def _score_with_mlflow(spark: Any, images: Any, model: MlflowModel) -> tuple[Any, str, str]:
+    """An MLflow model (``deploy_modelUri``) applied with ``mlflow.pyfunc.spark_udf``.
 
     The model (:mod:`imgclass.serve.pyfunc`'s format) takes base64 images or
     paths and answers ``label, score, allScores, error``; ``allScores`` is in
@@ -153,14 +165,22 @@ def _score_with_mlflow(spark: Any, images: Any, model_uri: str) -> tuple[Any, st
     try:
         import mlflow
     except ImportError:
-        raise ImgClassError("spark_modelUri needs MLflow: pip install mlflow") from None
+        raise ImgClassError("deploy_modelUri needs MLflow: pip install mlflow") from None
     from pyspark.sql import functions as F
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    labels = [str(label) for label in model.unwrap_python_model().predictor.labels]
-    version = model.metadata.run_id or model.metadata.model_uuid or ""
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local",
-                                  result_type="label string, score double, allScores array<double>, error string")
+    previous = mlflow.get_tracking_uri()
+    if model.tracking_uri:
+        mlflow.set_tracking_uri(model.tracking_uri)
+        mlflow.set_registry_uri(model.tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(model.source)
+        udf = mlflow.pyfunc.spark_udf(spark, model.source, env_manager="local",
+                                      result_type="label string, score double, allScores array<double>, error string")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    labels = [str(label) for label in loaded.unwrap_python_model().predictor.labels]
+    name = model.name or model.source
+    version = model.version or loaded.metadata.run_id or loaded.metadata.model_uuid or ""
     source = (F.struct(F.base64("content").alias("image base64 string")) if "content" in images.columns
               else F.struct("path"))
     scored = images.withColumn("result", udf(source))
@@ -170,10 +190,10 @@ def _score_with_mlflow(spark: Any, images: Any, model_uri: str) -> tuple[Any, st
         F.when(ok, F.col("result.label")).alias("label"), F.when(ok, F.col("result.score")).alias("score"),
         F.when(ok, F.map_from_arrays(F.array(*[F.lit(label) for label in labels]), F.col("result.allScores")))
         .alias("scores"),
-        F.lit(model_uri).alias("model_name"), F.lit(version).alias("model_version")), model_uri, version
+        F.lit(name).alias("model_name"), F.lit(version).alias("model_version")), name, version
 
 
-def score_on_spark(params: Parameters, progress: bool = False) -> SparkBatchReport:
+def score_on_spark(params: Parameters, progress: bool = False, model: MlflowModel | None = None) -> SparkBatchReport:
     """Step 7 with ``run_engine='spark'``: score every image of ``batch_inputDir`` into a Parquet table.
 
     ``batch_inputDir`` (default: the dataset's own images) and
@@ -181,7 +201,8 @@ def score_on_spark(params: Parameters, progress: bool = False) -> SparkBatchRepo
     local paths or any URL the cluster reads; ``run_mbSize`` images go
     through the network at a time (and through Arrow when the files' bytes
     travel with the rows), ``spark_partitions`` > 0 re-cuts the input into
-    that many tasks.
+    that many tasks. ``model``: an MLflow model to score with (default: the trained model under
+    ``proc/<ds>/``).
     """
     import_pyspark()
     layout = DatasetLayout.from_parameters(params)
@@ -194,8 +215,8 @@ def score_on_spark(params: Parameters, progress: bool = False) -> SparkBatchRepo
             images = images.repartition(params.spark_partitions)
         elif "content" not in images.columns:  # a table of paths is small: spread it over every core
             images = images.repartition(default_parallelism(spark))
-        if params.spark_modelUri:
-            scored, name, version = _score_with_mlflow(spark, images, params.spark_modelUri)
+        if model is not None:
+            scored, name, version = _score_with_mlflow(spark, images, model)
         else:
             scored, name, version = _score_with_predictor(spark, images, params, layout)
         startup = time.perf_counter() - start
