@@ -114,6 +114,7 @@ def reads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         ("6_deploy.py", []),
         ("6_callWebservice.py", [f"--deploy_port={port}", "--deploy_clientRepeats=1"]),
         ("7_batchScore.py", []),
+        ("8_promoteModel.py", []),
     ]
     # the Spark engine (bf16: a new precision, so step 3 does not reuse the stored features and runs on Spark)
     spark_runs = [(script, ["--run_engine=spark", f"--spark_master={SPARK_MASTER}",

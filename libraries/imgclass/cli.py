@@ -112,8 +112,10 @@ def registered_steps() -> tuple["StepSpec", ...]:
     """
     from imgclass.data import dedup, download, scraping
     from imgclass.serve import batch, client, service
+    from imgclass.tracking import registry
 
-    return (download.STEP, *pipeline_steps(), service.STEP, client.STEP, batch.STEP, scraping.STEP, dedup.STEP)
+    return (download.STEP, *pipeline_steps(), service.STEP, client.STEP, batch.STEP, registry.STEP, scraping.STEP,
+            dedup.STEP)
 
 
 def pipeline_steps() -> tuple["StepSpec", ...]:
