@@ -66,6 +66,8 @@ def test_auto_scores_every_candidate_and_records_the_choice(auto_run) -> None:  
     choice = report.choice
     assert [(c.backbone, c.classifier) for c in choice.candidates] == [
         ("resnet18", "svm"), ("resnet18", "dnn"), ("resnet34", "svm"), ("resnet34", "dnn")]
+    for dnn in (c for c in choice.candidates if c.classifier == "dnn"):  # scored before its head saw that part
+        assert dnn.validation_accuracy == pytest.approx(1 - dnn.refinement.best["validation_error"])
     best = max(c.validation_accuracy for c in choice.candidates)
     assert choice.chosen.validation_accuracy == best
     assert choice.chosen is next(c for c in choice.candidates if c.validation_accuracy == best)  # ties: tried first

@@ -6,9 +6,11 @@ less the validation part (``rf_validationFraction``, stratified, the part
 refinement holds out anyway), then its accuracy on that validation part.
 
 - ``svm``: the pretrained features, C by cross-validation on the rest, as step 4;
-- ``dnn``: the refined network (``rf_recipe``); its best epoch was chosen on the
-  same validation part, so its score is slightly optimistic, as the SVM's
-  cross-validated accuracy of the C it chose would be;
+- ``dnn``: the refined network's accuracy on the validation part at its best
+  epoch, as refinement measured it before the final head was refit on all
+  training images (``'lpft'``); the epoch was chosen on the same part, so the
+  score is slightly optimistic, as the SVM's cross-validated accuracy of the
+  C it chose would be;
 - ``svmDnnRefined``: the SVM on the features of that same refined network.
 
 Ties go to the candidate tried first (backbones in the order given; ``svm``,
@@ -156,14 +158,6 @@ def _svm_accuracy(params: Parameters, featurizer: "Featurizer", fit: "TrainingIm
     return float((model.predict(X_held) == y_held).mean())
 
 
-def _dnn_accuracy(params: Parameters, featurizer: "Featurizer", held: "TrainingImages", runtime: "Runtime") -> float:
-    """Accuracy on ``held`` of the refined network's own class scores."""
-    import numpy as np
-
-    logits, index = _outputs(featurizer, held.paths, params.run_mbSize, runtime)
-    return float((logits.argmax(1) == np.asarray(held.targets)[index]).mean()) if len(index) else float("nan")
-
-
 def choose_model(params: Parameters, backbones: Sequence[str], pretrained: bool = True,
                  log: Callable[[str], None] = print) -> ModelChoice:
     """Try every backbone x ``auto_classifiers``; score each on the validation part; record the best.
@@ -203,7 +197,8 @@ def choose_model(params: Parameters, backbones: Sequence[str], pretrained: bool 
                                       checkpoint=checkpoint)
         refine_seconds = time.perf_counter() - started
         if "dnn" in modes:
-            accuracy = _dnn_accuracy(params, dnn, held, runtime)
+            # Not the final network on the held part: 'lpft' refits its head on all training images at the end.
+            accuracy = 1.0 - result.best["validation_error"] if result is not None else float("nan")
             candidates.append(Candidate(backbone, "dnn", accuracy, time.perf_counter() - started, dnn, result))
         if "svmDnnRefined" in modes:
             started = time.perf_counter()
