@@ -34,8 +34,11 @@ malformed file makes Pillow raise, become :class:`UnreadableImageError`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -131,7 +134,8 @@ def _decode(file: BinaryIO, source: str, draft_size: tuple[int, int] | None, max
     except UnreadableImageError:
         raise
     except Exception as exc:  # DecompressionBombWarning too, where warning filters make it an error
-        raise UnreadableImageError(f"cannot decode {source}: {exc}") from exc
+        # Pillow names an in-memory buffer "<_io.BytesIO object at 0x...>": say what it is instead
+        raise UnreadableImageError(f"cannot decode {source}: {_BUFFER_REPR.sub('the data', str(exc))}") from exc
 
 
 def load_rgb(path: str | os.PathLike[str], draft_size: tuple[int, int] | None = None,
@@ -155,6 +159,32 @@ def load_rgb(path: str | os.PathLike[str], draft_size: tuple[int, int] | None = 
         raise UnreadableImageError(f"cannot decode {path}: {exc}") from exc
     with file:
         return _decode(file, str(path), draft_size, max_pixels)
+
+
+class InvalidBase64Error(ImgClassError, ValueError):
+    """A string that should carry an image in base64 does not."""
+
+
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+_BASE64_WHITESPACE = b" \t\r\n\f\v"
+
+
+def decode_base64_image(text: object, source: str) -> bytes:
+    """The bytes of a base64 image string (plain, or a ``data:...;base64,`` URL), as requests send them.
+
+    White space inside the text is ignored. :class:`InvalidBase64Error` names
+    ``source`` when ``text`` is not a string or not valid base64.
+    """
+    if not isinstance(text, str):
+        raise InvalidBase64Error(f"{source} must be a base64 string, not {type(text).__name__}")
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        # bytes.translate, not "".join(text.split()): a string of a million spaces must not become a
+        # million string objects
+        return base64.b64decode(text.encode("ascii").translate(None, _BASE64_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidBase64Error(f"{source} is not valid base64: {str(exc)[:200]}") from None
 
 
 def decode_image_bytes(data: bytes, source: str = "image data", draft_size: tuple[int, int] | None = None,

@@ -33,7 +33,6 @@ functions that need them.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import logging
 import os
@@ -153,18 +152,6 @@ def prepare_store(tracking_uri: str) -> None:
 
 
 # --------------------------------------------------------------------------- the model's inference code
-def decode_base64(text: Any) -> bytes:
-    """The bytes of a base64 string (plain, or a ``data:...;base64,`` URL)."""
-    if not isinstance(text, str):
-        raise ValueError(f"{SCORE_IMAGE_FIELD!r} must be a base64 string, not {type(text).__name__}")
-    if text.startswith("data:"):
-        _, _, text = text.partition(",")
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{SCORE_IMAGE_FIELD!r} is not valid base64: {exc}") from None
-
-
 def _present(value: Any) -> bool:
     """A cell with content: not None, NaN or an empty string."""
     return value is not None and value == value and value != ""
@@ -212,7 +199,8 @@ class ImgClassModel:
         """One output row per input row: ``label``, ``score``, ``allScores``, ``error``."""
         import pandas as pd
 
-        from imgclass.io.images import UnreadableImageError, decode_image_bytes
+        from imgclass.io.images import (InvalidBase64Error, UnreadableImageError, decode_base64_image,
+                                        decode_image_bytes)
 
         if self.predictor is None:
             raise RuntimeError("load_context was not called")
@@ -241,9 +229,10 @@ class ImgClassModel:
             images: list[tuple[int, Any]] = []
             for i, text in encoded[start:start + CHUNK]:
                 try:
-                    images.append((i, decode_image_bytes(decode_base64(text), f"row {i}", draft_size=draft)))
-                except (ValueError, UnreadableImageError) as exc:  # PIL names the buffer, not the row
-                    rows[i].error = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
+                    data = decode_base64_image(text, f"row {i}'s {SCORE_IMAGE_FIELD!r}")
+                    images.append((i, decode_image_bytes(data, f"row {i}", draft_size=draft)))
+                except (InvalidBase64Error, UnreadableImageError) as exc:  # a bad row, not a failed batch
+                    rows[i].error = str(exc)
             if images:
                 self._fill(rows, [i for i, _ in images], self.predictor.predict([image for _, image in images]))
         if files:
