@@ -8,6 +8,10 @@ nothing) when that version's test accuracy is below the current champion's,
 or when it was never evaluated, unless --force is given. Serve the champion
 with scripts/6_deploy.py --deploy_modelUri=models:/<name>@champion.
 
+Scripts 1-5 do not wait for their MLflow tracking: a worker process logs and
+registers in the background. This script waits for the dataset's workers
+first, so it can run right after scripts/5_evaluate.py.
+
 Script options (besides the --key=value parameters):
   --version=N   promote version N instead of the last run's
   --force       promote even if its test accuracy is lower (or unknown)

@@ -5,9 +5,11 @@ on 16 generated images) is tracked into a temporary SQLite store, once per
 module; the tests then read what it recorded. Steps run as the scripts run
 them: steps 1-5 through ``python -m imgclass run`` (each step its own
 tracker, sharing only ``proc/<ds>/mlflow_run.json``), then step 4 again in a
-separate process, which must add to the same, finished run. Nothing contacts
-a server the test did not start on 127.0.0.1; the "unreachable server" is a
-closed port there.
+separate process, which must add to the same, finished run, and exits before
+its tracking worker is done; later, steps 1-5 back to back as the scripts run
+them (no step waits for its worker), then promotion, which must wait. Nothing
+contacts a server the test did not start on 127.0.0.1; the "unreachable
+server" is a closed port there.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, load_parameters
 from imgclass.serve.pyfunc import (ModelUriError, artifact_location, import_mlflow, load_deployed_predictor,
                                    load_model_predictor, resolve_tracking_uri)
-from imgclass.tracking import records
-from imgclass.tracking.registry import PromotionRefused, promote
+from imgclass.tracking import pending, records, wait_for_pending
+from imgclass.tracking.registry import PromotionRefused, promote, promote_for
+from imgclass.tracking.tracker import TrackingSession
 
 from conftest import PROJECT_DIR, PYTHON, make_dataset, make_photo
 
@@ -68,7 +71,7 @@ def _b64(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A tracked pipeline run (in-process), then step 4 again as a separate process."""
+    """A tracked pipeline run (in-process), then step 4 again as a separate process (its worker waited for)."""
     root = tmp_path_factory.mktemp("tracked")
     make_dataset(root / "images" / "tiny", {"circles": 8, "squares": 8})
     parameters = root / "PARAMETERS.py"
@@ -83,6 +86,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         again = subprocess.run([PYTHON, "scripts/4_trainSVM.py"], cwd=PROJECT_DIR, env=env, capture_output=True,
                                text=True, timeout=300)
         assert again.returncode == 0, again.stderr
+        assert wait_for_pending(layout, 300)
         mlflow = import_mlflow()
         uri = f"sqlite:///{(root / 'mlflow.db').as_posix()}"
         yield {"root": root, "parameters": parameters, "layout": layout, "run_id": first["run_id"], "uri": uri,
@@ -158,9 +162,10 @@ def test_step_1_starts_a_new_run(store: dict[str, Any], tmp_path: Path) -> None:
     params = store["params"]
     _, out, _ = _quiet(run_step, _step("prepare"), params)
     new_id = json.loads(store["layout"].mlflow_run_json.read_text())["run_id"]
-    assert new_id != store["run_id"] and f"started run" in out and new_id in out
+    assert new_id != store["run_id"] and f"started run" in out and new_id in out  # step 1 waits for its run
+    assert wait_for_pending(store["layout"], 300)  # its record is logged in the background
     client = store["client"]
-    assert client.get_run(new_id).info.status == "RUNNING"
+    assert client.get_run(new_id).info.status == "RUNNING" and "n_train_images" in client.get_run(new_id).data.metrics
     assert client.get_run(store["run_id"]).info.status == "FINISHED"  # the finished run is left as it was
 
 
@@ -309,6 +314,27 @@ def test_promotion_refuses_a_worse_or_unevaluated_version_unless_forced(store: d
     assert (predictor.model_name, predictor.model_version) == (MODEL, "1")
 
 
+def test_steps_started_back_to_back_add_to_one_run_in_order_and_promotion_waits_for_their_tracking(
+        store: dict[str, Any]) -> None:
+    """As scripts 1-5 run one after the other: no step waits for its worker (step 1 only for its run), so the
+    workers queue up; step 5 must end the run after step 4's model is registered; promotion must wait."""
+    params, layout, client = store["params"], store["layout"], store["client"]
+    outputs = [_quiet(run_step, step, params) for step in pipeline_steps()]
+    run_id = json.loads(layout.mlflow_run_json.read_text())["run_id"]
+    report, out, err = _quiet(promote_for, params, None, True)  # right away: the last workers are still at work
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and not any(o[2] for o in outputs) and not err
+    assert {"n_train_images", "featurize/images", "chosen_C", "test_accuracy"} <= set(run.data.metrics)
+    version = client.get_model_version(MODEL, report.version)
+    assert version.run_id == run_id  # promotion found the version this run registered ...
+    accuracy = json.loads(layout.metrics_json.read_text())["overall_accuracy"]
+    assert float(version.tags["test_accuracy"]) == pytest.approx(accuracy, abs=1e-5)  # ... and step 5 tagged it
+    said = "".join(o[1] for o in outputs) + out  # by step 5 or promotion: it came after step 4's script ended
+    assert said.count(f"registered as version {report.version} ") == 1
+    assert pending.pending_step(layout) is None
+    client.delete_registered_model_alias(MODEL, "champion")
+
+
 # --- tracking off, tracking failing ----------------------------------------------------------------------
 def _tiny_root(tmp_path: Path) -> Parameters:
     make_dataset(tmp_path / "images" / "tiny", {"a": 2, "b": 2})
@@ -333,3 +359,32 @@ def test_an_unreachable_tracking_server_is_one_warning_and_the_step_still_succee
     assert report.layout.split_csv.is_file() and len(report.rows) == 4
     assert err.count("warning: MLflow tracking failed") == 1 and "127.0.0.1" in err and "Traceback" not in err
     assert time.perf_counter() - start < 60  # MLflow's own retries would wait minutes
+
+
+def test_a_warning_of_a_worker_whose_script_had_ended_is_printed_by_the_next_step_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 4 fails at once (no features); its worker, alone after the script, cannot reach the server."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the worker's environment: fail fast
+    params = _tiny_root(tmp_path).replace(mlflow_trackingUri=f"http://127.0.0.1:{_free_port()}")
+    layout = DatasetLayout.from_parameters(params)
+    with pytest.raises(ImgClassError):
+        _quiet(run_step, _step("train"), params)
+    assert wait_for_pending(layout, 120)
+    assert "127.0.0.1" in layout.tracking_log.read_text()  # kept in proc/<ds>/tracking.log
+    _, out, err = _quiet(run_step, _step("prepare"), params.replace(mlflow_trackingUri=""))
+    assert err.count("warning [step 4 (train), ") == 1 and "after its script ended]: MLflow tracking failed" in err
+    _, out, err = _quiet(run_step, _step("prepare"), params.replace(mlflow_trackingUri=""))
+    assert "warning" not in err  # once
+
+
+def test_a_worker_stuck_on_a_store_that_never_answers_gives_up_with_a_warning(tmp_path: Path) -> None:
+    params = _tiny_root(tmp_path)
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        params = params.replace(mlflow_trackingUri=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        warnings: list[str] = []
+        with TrackingSession(log=lambda line: None, warn=warnings.append, job_timeout=1) as session:
+            _quiet(run_step, _step("prepare"), params, tracking=session)
+        assert len(warnings) == 1 and "did not finish opening the run within 1 s" in warnings[0], warnings
+        assert wait_for_pending(DatasetLayout.from_parameters(params), 10)  # it ended; the next step need not wait

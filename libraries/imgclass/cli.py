@@ -135,7 +135,9 @@ def run_step(step: "StepSpec", params: "Parameters", progress: bool = False, tra
     step did after its files are written; a tracking failure is a warning,
     never a failed step. ``tracking``: a
     :class:`~imgclass.tracking.tracker.TrackingSession` shared by several steps
-    (default: one for this step, waited for before returning).
+    (default: one for this step, which goes on logging after this returns; only
+    step 1 waits, for its run to exist). Before reading this step's run or the
+    registry, call :func:`imgclass.tracking.wait_for_pending`.
     """
     from imgclass import pipeline
     from imgclass.tracking.tracker import StepTracker
@@ -227,7 +229,9 @@ def run_pipeline(argv: list[str]) -> None:
                          "evaluate) in one process.", None, RUN_LABEL)
     progress = sys.stderr.isatty()
     start = time.perf_counter()
-    with TrackingSession() as tracking:  # one tracking worker for the five steps, waited for at the end
+    # One tracking worker for the five steps, waited for at the end (its cost: BENCHMARKS.md): the user sees
+    # the registered version and the run's end, and what comes next (a promotion, a notebook) finds them.
+    with TrackingSession() as tracking:
         for step in steps:
             print(f"== {step.label[0].upper()}{step.label[1:]}: {step.summary} ({step.script})", flush=True)
             print(run_step(step, params, progress, tracking).summary(), flush=True)

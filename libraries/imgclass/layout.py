@@ -190,6 +190,23 @@ class DatasetLayout:
         """JSON ``run_id``, ``tracking_uri``, ``experiment_id``: the MLflow run step 1 started, resumed by steps 2-5."""
         return self.proc_dir / "mlflow_run.json"
 
+    @property
+    def tracking_lock(self) -> Path:
+        """Lock file (``fcntl.flock``) of the dataset's tracking workers, held for moments (taking a turn,
+        writing or printing :attr:`tracking_log`); its text: how much of the log was printed (bytes)."""
+        return self.proc_dir / "tracking.lock"
+
+    def tracking_turn_lock(self, ticket: int) -> Path:
+        """Held (``fcntl.flock``) by tracking worker number ``ticket`` from its script's start until it is done;
+        JSON ``step``, ``state`` (``queued``, ``finished``, ``timed out``). See :mod:`imgclass.tracking.pending`."""
+        return self.proc_dir / f"tracking.{int(ticket)}.lock"
+
+    @property
+    def tracking_log(self) -> Path:
+        """Text, one line per message (``time<TAB>step<TAB>log|warn<TAB>message``): what a tracking worker said
+        after its script had ended; the next tracked step prints the lines it has not printed yet."""
+        return self.proc_dir / "tracking.log"
+
     # --- scripts 6-7: batch scoring -------------------------------------------------
     @property
     def batch_scores_csv(self) -> Path:

@@ -9,7 +9,11 @@
   failed step;
 - :mod:`imgclass.tracking.tracker` (the step's side, used by ``imgclass.cli.run_step``)
   and :mod:`imgclass.tracking.worker` (a process beside the step that imports
-  MLflow and talks to the store while the step works);
+  MLflow and talks to the store while the step works, and after it: a script
+  does not wait for it);
+- :mod:`imgclass.tracking.pending`: those workers one at a time per dataset,
+  in the order of their steps; what they said after their script ended;
+  :func:`wait_for_pending`, for what reads the registry right after a run;
 - :mod:`imgclass.tracking.registry`: the model as a new version of the
   registered model, tagged with its test metrics; promotion to ``@champion``;
 - :mod:`imgclass.tracking.compare`: a table of a dataset's runs.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 from imgclass.parameters import StepSpec
+from imgclass.tracking.pending import show_undelivered, wait_and_show, wait_for_pending
 
 #: Parameters every tracked step reads besides its own.
 TRACKING_READS = ("mlflow_trackingUri", "mlflow_experimentName", "mlflow_registeredModelName")
@@ -34,4 +39,4 @@ def tracked(step: StepSpec) -> StepSpec:
     return dataclasses.replace(step, reads=step.reads + tuple(r for r in TRACKING_READS if r not in step.reads))
 
 
-__all__ = ["TRACKING_READS", "tracked"]
+__all__ = ["TRACKING_READS", "show_undelivered", "tracked", "wait_and_show", "wait_for_pending"]

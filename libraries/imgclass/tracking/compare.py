@@ -13,8 +13,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters
 from imgclass.serve.pyfunc import import_mlflow, sqlite_path
+from imgclass.tracking.pending import wait_and_show
 from imgclass.tracking.registry import VERSION_TAG
 from imgclass.tracking.runs import TrackingSettings
 
@@ -31,6 +33,8 @@ def runs_table(params: Parameters, max_runs: int = 100) -> "pd.DataFrame":
     accuracies, the model version registered from the run, and the run id.
 
     Empty when tracking is off or nothing was recorded yet (the store is not created by looking).
+    Waits first for tracking still at work for the dataset (a script's worker
+    goes on after the script), so the last run shows complete.
     """
     import pandas as pd
 
@@ -39,6 +43,7 @@ def runs_table(params: Parameters, max_runs: int = 100) -> "pd.DataFrame":
     database = sqlite_path(settings.tracking_uri)
     if not settings.enabled or (database is not None and not database.is_file()):
         return pd.DataFrame(columns=columns)
+    wait_and_show(DatasetLayout.from_parameters(params))
     mlflow = import_mlflow()
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment_name)

@@ -20,6 +20,7 @@ from imgclass.errors import ImgClassError
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
 from imgclass.serve.pyfunc import MODEL_ARTIFACT_PATH, import_mlflow, resolve_tracking_uri, save_model
+from imgclass.tracking.pending import wait_and_show
 
 STEP = StepSpec("promote", "scripts/8_promoteModel.py",
                 "make a registered model version @champion (refused if its test accuracy is lower)",
@@ -163,6 +164,7 @@ def promote_for(params: Parameters, version: str | None, force: bool) -> Promoti
     from mlflow.exceptions import MlflowException
 
     layout = DatasetLayout.from_parameters(params)
+    wait_and_show(layout)  # the last script's worker may still be registering its model
     run_id = None
     if layout.mlflow_run_json.is_file():
         try:

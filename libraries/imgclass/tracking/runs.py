@@ -79,8 +79,8 @@ class StepJob:
     project_dir: str
     #: the ``classifier`` parameter when the step reads it, else ''
     classifier: str = ""
-    #: step 1: ``mlflow_run.json`` as it was before this step removed it (an unfinished run is marked KILLED)
-    previous: dict[str, Any] | None = None
+    #: the finished run the script already told the user it adds to (from ``mlflow_run.json``), else ''
+    announced_run: str = ""
 
     @property
     def layout(self) -> DatasetLayout:
@@ -132,6 +132,11 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
+def ended_run_message(step_label: str, run_name: str, run_id: str, ended: str) -> str:
+    """``step 4 (train) adds to run 'x' (id), which ended <when>``: one wording for the script and the worker."""
+    return f"{step_label} adds to run '{run_name}' ({run_id}), which ended {ended}"
+
+
 def read_pointer(layout: DatasetLayout) -> dict[str, Any] | None:
     """``mlflow_run.json`` as the last step 1 wrote it (None if missing or unreadable)."""
     try:
@@ -175,18 +180,28 @@ class RunLogger:
 
     # --- opening the run -------------------------------------------------------------------------------------
     def open(self, job: StepJob) -> None:
-        """Start (step 1) or resume (steps 2-5) the dataset's run for ``job``'s step."""
-        self.job, self.run_id = job, None
-        self._attempt(f"opening the run of {job.step_label}", lambda: self._open(job))
+        """Start (step 1) or resume (steps 2-5) the dataset's run for ``job``'s step.
 
-    def _open(self, job: StepJob) -> None:
+        Step 1 removes ``mlflow_run.json`` first, whatever happens next: later
+        steps must never add to the previous pipeline run, even when this one
+        cannot start (the store failing). The worker does it in its turn, after
+        the earlier steps' workers, which still need the file.
+        """
+        self.job, self.run_id = job, None
+        previous = None
+        if job.step_name == FIRST_STEP:
+            previous = read_pointer(job.layout)
+            job.layout.mlflow_run_json.unlink(missing_ok=True)
+        self._attempt(f"opening the run of {job.step_label}", lambda: self._open(job, previous))
+
+    def _open(self, job: StepJob, previous: dict[str, Any] | None) -> None:
         if self.client is None or self.client.tracking_uri != job.tracking_uri:
             mlflow = import_mlflow()
             prepare_store(job.tracking_uri)
             self.client = mlflow.MlflowClient(job.tracking_uri, job.tracking_uri)
         experiment_id = self._experiment_id(job)
         if job.step_name == FIRST_STEP:
-            self._start(job, experiment_id, self._recorded_run(job, job.previous), "")
+            self._start(job, experiment_id, self._recorded_run(job, previous), "")
             return
         run = self._recorded_run(job, read_pointer(job.layout))
         if run is None:
@@ -194,11 +209,11 @@ class RunLogger:
                                                   f"{job.layout.mlflow_run_json}")
             return
         self.run_id, self.run_name = run.info.run_id, run.info.run_name
-        if run.info.status != "RUNNING":
+        if run.info.status != "RUNNING" and job.announced_run != self.run_id:
             ended = datetime.fromtimestamp((run.info.end_time or run.info.start_time) / 1000).strftime(
                 "%Y-%m-%d %H:%M")
-            self.log(f"Tracking: {job.step_label} adds to run '{self.run_name}' ({self.run_id}), which ended "
-                     f"{ended} ({run.info.status.lower()}); scripts/1_prepareData.py starts a new run")
+            self.log(f"Tracking: {ended_run_message(job.step_label, self.run_name, self.run_id, ended)} "
+                     f"({run.info.status.lower()}); scripts/1_prepareData.py starts a new run")
 
     def _experiment_id(self, job: StepJob) -> str:
         experiment = self.client.get_experiment_by_name(job.experiment_name)
@@ -301,9 +316,13 @@ class RunLogger:
     def _finish(self, version_tags: dict[str, str]) -> None:
         tagged = tag_version_with_metrics(self.client, self.run_id, version_tags)
         self.client.set_terminated(self.run_id, "FINISHED")
+        pointer = read_pointer(self.job.layout)
+        if pointer is not None and pointer.get("run_id") == self.run_id:  # so that a later step, run alone,
+            write_json(self.job.layout.mlflow_run_json, {  # can say at once that it adds to a finished run
+                **pointer, "status": "FINISHED", "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         version = f"; model version {tagged.replace('/', ' ')} tagged with its test metrics" if tagged else ""
         self.log(f"Tracking: run '{self.run_name}' ({self.run_id}) finished{version}; browse the runs: "
                  f"{self.job.settings.ui_command()}")
 
 
-__all__ = ["RecordJob", "RunLogger", "StepJob", "TrackingSettings", "git_commit", "read_pointer"]
+__all__ = ["RecordJob", "RunLogger", "StepJob", "TrackingSettings", "ended_run_message", "git_commit", "read_pointer"]
