@@ -13,7 +13,7 @@ from imgclass.errors import ImgClassError, MissingArtifactError
 from imgclass.layout import DatasetLayout
 from imgclass.model.dataset import ImageDataset
 from imgclass.parameters import load_parameters
-from imgclass.pipeline import build_featurizer, prepare_data
+from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data, train_classifier
 from imgclass.pipeline.artifacts import read_split_rows
 from imgclass.pipeline.select import choice_json, effective_classifier
 
@@ -94,3 +94,23 @@ def test_auto_needs_a_validation_part(tmp_path: Path) -> None:
     prepare_data(params)
     with pytest.raises(ImgClassError, match="rf_validationFraction > 0"):
         build_featurizer(params, pretrained=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("modes", [["dnn"], ["svm"]])
+def test_steps_3_to_5_follow_the_mode_auto_chose(tmp_path: Path, modes: list[str]) -> None:
+    """With classifier='auto' steps 3-5 use the chosen mode: logits for 'dnn' (no SVM), features and an SVM else."""
+    layout = _toy(tmp_path)
+    params = load_parameters(rootDir=str(tmp_path), datasetName="toy", classifier="auto",
+                             rf_pretrainedModelFilename="resnet18", auto_classifiers=modes, rf_inputResolution=32,
+                             rf_ftEpochs=1, rf_mbSize=4, rf_validationFraction=0.3, svm_CVals=[0.1, 1.0],
+                             svm_cvFolds=2, svm_nJobs=1, run_workers=0, run_device="cpu", run_precision="fp32")
+    prepare_data(params)
+    build_featurizer(params, pretrained=False, progress=False, log=lambda m: None)
+    featurize_dataset(params, progress=False)
+    trained = train_classifier(params)
+    report = evaluate(params)
+    metrics = json.loads(layout.metrics_json.read_text())
+    assert metrics["classifier"] == modes[0]
+    assert json.loads(layout.features_json.read_text())["classifier"] == modes[0]
+    assert (trained.model is None) == (modes[0] == "dnn")
+    assert report.metrics["classifier"] == modes[0] and 0.0 <= report.metrics["overall_accuracy"] <= 1.0

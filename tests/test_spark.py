@@ -271,9 +271,15 @@ def test_batch_scoring_on_spark_gives_the_local_scripts_labels_and_scores(demo, 
         Path(p).name: row["label"] for p, row in scored.items()}
 
 
-def test_batch_scoring_on_spark_with_an_mlflow_model_gives_the_local_labels(demo, tmp_path: Path) -> None:
-    """deploy_modelUri on Spark: the same model as an MLflow pyfunc, applied with mlflow.pyfunc.spark_udf."""
+def test_batch_scoring_on_spark_with_an_mlflow_model_gives_the_local_labels(demo, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy_modelUri on Spark: the same model as an MLflow pyfunc, applied with mlflow.pyfunc.spark_udf.
+
+    A model folder needs no tracking store: none is created in the current folder (MLflow's default).
+    """
     import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
 
     from imgclass.serve.batch import score_batch, score_images
     from imgclass.serve.pyfunc import save_model
@@ -294,6 +300,7 @@ def test_batch_scoring_on_spark_with_an_mlflow_model_gives_the_local_labels(demo
     table = pq.read_table(tmp_path / "mlflow.parquet").to_pylist()
     assert report.n_failed == 0 and {row["path"]: row["label"] for row in table} == local
     assert all(row["model_name"] == str(model) for row in table)
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_batch_scoring_reads_a_parquet_table_of_paths(demo, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from imgclass.data.splits import SplitRow, read_split
 from imgclass.errors import MissingArtifactError
 from imgclass.layout import DatasetLayout, require
 from imgclass.parameters import Parameters
+from imgclass.pipeline.select import effective_classifier
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,12 +74,16 @@ def load_features(layout: DatasetLayout) -> FeatureTable:
 
 
 def load_features_for(params: Parameters) -> FeatureTable:
-    """Step 3's output, checked to be what ``params.classifier`` needs (class scores or features)."""
+    """Step 3's output, checked to be what the classifier needs (class scores or features).
+
+    The classifier is ``params.classifier``, or for ``'auto'`` the one step 2 chose.
+    """
     table = load_features(DatasetLayout.from_parameters(params))
     output = table.featurizer.get("output", "features")
-    wanted = "logits" if params.classifier == "dnn" else "features"
+    classifier = effective_classifier(params)
+    wanted = "logits" if classifier == "dnn" else "features"
     if output != wanted:
         made_for = "classifier='dnn'" if output == "logits" else "classifier='svm' or 'svmDnnRefined'"
         raise MissingArtifactError(f"the stored features were made for {made_for}, but classifier="
-                                   f"'{params.classifier}': re-run scripts 2 and 3 with the current parameters")
+                                   f"'{classifier}': re-run scripts 2 and 3 with the current parameters")
     return table

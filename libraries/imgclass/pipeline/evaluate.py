@@ -12,6 +12,7 @@ from imgclass.io.atomic import write_csv, write_json
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
 from imgclass.pipeline.artifacts import load_features_for
+from imgclass.pipeline.select import effective_classifier
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,7 +60,8 @@ def evaluate(params: Parameters) -> EvaluationReport:
     X_test, y_test, test_rows = table.subset(TEST)
     if len(y_test) == 0:
         raise ImgClassError("no readable test images to evaluate")
-    if params.classifier == "dnn":
+    classifier = effective_classifier(params)
+    if classifier == "dnn":
         if table.featurizer.get("labels") != table.labels:
             raise MissingArtifactError("the refined DNN was trained on other labels than the current split; "
                                        "re-run scripts 2 and 3")
@@ -76,7 +78,7 @@ def evaluate(params: Parameters) -> EvaluationReport:
     labels = table.labels
     K = len(labels)
     summary = M.summarize(y_test, y_pred, scores, labels)
-    summary.update({"classifier": params.classifier, "C": C, "featurizer": table.featurizer})
+    summary.update({"classifier": classifier, "C": C, "featurizer": table.featurizer})
     write_json(layout.metrics_json, summary)
     write_csv(layout.predictions_csv, ["path", "label", "predicted", "correct", "score"]
               + [f"score_{name}" for name in labels],

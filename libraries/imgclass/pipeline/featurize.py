@@ -9,6 +9,7 @@ from imgclass.io.atomic import write_csv, write_json
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
 from imgclass.pipeline.artifacts import read_split_rows
+from imgclass.pipeline.select import effective_classifier
 
 STEP = StepSpec("featurize", "scripts/3_runDNN.py", "featurize every image of the split with the DNN of step 2",
                 ("datasetName", "rootDir", "classifier", "run_mbSize", "run_device", "run_workers", "run_precision",
@@ -107,7 +108,7 @@ def featurize_dataset(params: Parameters, progress: bool = True) -> FeaturizeRep
     failed = {index for index, _ in failures}
     write_csv(layout.features_csv, FEATURES_CSV_COLUMNS,
               ((i, r.path, r.label, r.split, int(i not in failed)) for i, r in enumerate(rows)))
-    write_json(layout.features_json, {**featurizer.describe(), "classifier": params.classifier,
+    write_json(layout.features_json, {**featurizer.describe(), "classifier": effective_classifier(params),
                                       "precision": runtime.precision, "n_images": len(rows),
                                       "n_unreadable": len(failures), "n_reused_from_cache": len(reusable)})
     write_cache_index(layout.features_cache_json, layout.features_npy, recipe, paths, stamps,

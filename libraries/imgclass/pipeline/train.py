@@ -10,6 +10,7 @@ from imgclass.errors import ImgClassError
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
 from imgclass.pipeline.artifacts import load_features_for
+from imgclass.pipeline.select import effective_classifier
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,7 +83,7 @@ def train_classifier(params: Parameters) -> TrainReport:
 
     layout = DatasetLayout.from_parameters(params)
     table = load_features_for(params)
-    if params.classifier == "dnn":
+    if effective_classifier(params) == "dnn":
         return TrainReport(layout, None)
     X_train, y_train, _ = table.subset(TRAIN)
     X_test, y_test, _ = table.subset(TEST)

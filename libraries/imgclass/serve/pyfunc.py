@@ -436,11 +436,15 @@ def resolve_model_source(model_uri: str, tracking_uri: str) -> tuple[str, Regist
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri or None, tracking_uri or None)
-    try:
-        registered = resolve_registry_version(client, model_uri)
-    except MlflowException as exc:
-        raise ModelUriError(f"cannot reach the model registry at {tracking_uri}: {_first_line(exc)}") from None
+    registered = None
+    if parse_registry_uri(model_uri) is not None:
+        # Only a registry URI opens a store: with no tracking URI MLflow would create its default one,
+        # ./mlflow.db, in whatever folder a folder model is scored from.
+        client = MlflowClient(tracking_uri or None, tracking_uri or None)
+        try:
+            registered = resolve_registry_version(client, model_uri)
+        except MlflowException as exc:
+            raise ModelUriError(f"cannot reach the model registry at {tracking_uri}: {_first_line(exc)}") from None
     source = f"models:/{registered.name}/{registered.version}" if registered else model_uri
     if not re.match(r"[a-z][a-z0-9+.-]*:/", source) and not Path(source).expanduser().is_dir():
         raise ModelUriError(f"model not found: {model_uri!r} is neither a model URI (models:/..., runs:/...) nor "

@@ -9,7 +9,8 @@ output files as artifacts:
 step 1     split counts (total and per class), skipped files, straddling near-duplicates;
            ``split.csv``, ``labels.json``; tag ``dataset``
 step 2     tags ``backbone``, ``classifier``; refinement's per-epoch curves as step metrics
-           (``refine/train_loss`` ... at step = epoch), the best epoch; ``dnnTraining.csv/.png``
+           (``refine/train_loss`` ... at step = epoch), the best epoch, the epochs run, whether it
+           stopped early; ``dnnTraining.csv/.png``
 step 3     images featurized, reused, unreadable, seconds and images per second; tags device,
            precision; ``features.json``
 step 4     CV accuracy per C (``cv_accuracy/C_0.1`` ...), the chosen C with its CV and training
@@ -115,7 +116,8 @@ def _build(report: Any, record: StepRecord) -> None:
             if value is not None and math.isfinite(float(value)):
                 record.series.append((f"refine/{key}", float(value), int(row.get("epoch", epoch))))
     record.add_metric("refine/best_epoch", result.best_epoch)
-    record.add_metric("refine/epochs", len(result.history))
+    record.add_metric("refine/epochs", len(result.fine_tuning_epochs))  # epochs run ('lpft''s probe is not one)
+    record.add_metric("refine/stopped_early", int(result.stopped_early))
     record.artifacts += [(report.layout.training_csv, "refinement"), (report.layout.training_png, "refinement")]
 
 

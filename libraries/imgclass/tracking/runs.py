@@ -308,7 +308,9 @@ class RunLogger:
         example = layout.images_dir / rows[0].path if rows else None
         known = {**self.client.get_run(self.run_id).data.tags, **tags}
         model_tags = {key: known[key] for key in ("backbone", "classifier") if key in known}
-        version = log_and_register(self.client, self.run_id, layout, job.model_name, job.classifier, example,
+        # The step's tag names the mode trained ('auto' resolved by the step); the job's is the parameter.
+        classifier = tags.get("classifier") or job.classifier
+        version = log_and_register(self.client, self.run_id, layout, job.model_name, classifier, example,
                                    model_tags)
         self.log(f"Tracking: model logged to run '{self.run_name}' and registered as version {version} of "
                  f"'{job.model_name}' (models:/{job.model_name}/{version})")

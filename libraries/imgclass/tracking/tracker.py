@@ -36,8 +36,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from imgclass.errors import MissingArtifactError
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
+from imgclass.pipeline.select import effective_classifier
 from imgclass.tracking import pending, records
 from imgclass.tracking.runs import FIRST_STEP, LAST_STEP, RecordJob, StepJob, TrackingSettings, ended_run_message, \
     one_line, read_pointer
@@ -265,6 +267,19 @@ class StepTracker:
     def _warn(self) -> Callable[[str], None]:
         return self.session.warn if self.session is not None else _stderr_warning
 
+    def _classifier(self) -> str:
+        """The classifier mode of this step's result ('' when the step does not read it).
+
+        ``params.classifier``, or for ``'auto'`` the mode step 2 chose, so that the run's tag and the
+        logged model say what was trained, not 'auto'.
+        """
+        if "classifier" not in self.step.reads:
+            return ""
+        try:
+            return effective_classifier(self.params)
+        except MissingArtifactError:
+            return self.params.classifier
+
     def _job(self, announced_run: str) -> StepJob:
         return StepJob(self.settings.tracking_uri, self.settings.experiment_name, self.settings.model_name,
                        str(self.layout.root), self.layout.dataset, self.step.name, self.step.label, self.step.script,
@@ -317,7 +332,7 @@ class StepTracker:
         start = time.perf_counter()
         record = records.record_for(self.step.name, report)
         record.params = records.step_params(self.params, self.step)
-        classifier = self.params.classifier if "classifier" in self.step.reads else ""
+        classifier = self._classifier()
         if classifier:
             record.tags["classifier"] = classifier
         self._log_model = bool(classifier) and records.completes_model(self.step.name, classifier) \
