@@ -115,17 +115,21 @@ def test_lpft_trains_the_head_first_with_the_backbone_bit_identical_then_moves_e
 
 
 def test_lpft_stops_early_when_validation_does_not_improve_and_stays_stopped(tmp_path: Path) -> None:
-    """A rate too small to change any weight: the validation result stays the linear probe's exactly."""
+    """A rate too small to change any weight: the validation result stays the linear probe's exactly.
+
+    Patience 2 would stop after epoch 2; 'lpft' does not stop in the first half of its schedule (3 of 6 epochs).
+    """
     config = _config(rf_recipe="lpft", rf_ftEpochs=6, rf_ftLearningRate=1e-30, rf_validationFraction=0.25,
                      rf_earlyStopPatience=2, rf_l2RegWeight=0.0)
+    assert config.earliest_stop() == 3
     messages: list[str] = []
     _, result = _run(tmp_path, config, log=messages.append)
-    assert [row["epoch"] for row in result.history] == [0, 1, 2]  # not 6 epochs
+    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]  # not 6 epochs, and not 2
     assert result.stopped_early and result.best_epoch == 0
     assert any("stopping early" in m for m in messages)
     assert "refit as the linear probe on all 24 training images with the backbone of epoch 0" in messages[-1]
     _, again = _run(tmp_path, config, log=messages.append)  # re-running step 2 does not train on
-    assert [row["epoch"] for row in again.history] == [0, 1, 2] and "stopped early" in messages[-2]
+    assert [row["epoch"] for row in again.history] == [0, 1, 2, 3] and "stopped early" in messages[-2]
     _, never = _run(tmp_path, _config(rf_recipe="lpft", rf_ftEpochs=2, rf_ftLearningRate=1e-30,
                                       rf_validationFraction=0.25, rf_earlyStopPatience=0, rf_l2RegWeight=0.0))
     assert len(never.fine_tuning_epochs) == 2 and not never.stopped_early

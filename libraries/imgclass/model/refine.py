@@ -7,7 +7,8 @@ set) to choose the best epoch. After every epoch a checkpoint (model,
 optimizer, epoch, history, best weights so far) is written atomically; a
 re-run with the same setup resumes after the last finished epoch. Training
 stops early when the validation error and loss have not improved for
-``early_stop_patience`` epochs.
+``early_stop_patience`` epochs (``'lpft'``: not in the first half of its
+schedule).
 
 Two recipes (``rf_recipe``):
 
@@ -105,7 +106,8 @@ class RefineConfig:
     peak_lr: float = 0.005
     #: 'lpft': epochs of linear warm-up before the cosine decay
     warmup_epochs: float = 1.0
-    #: stop after this many epochs without a better validation result (0 = never; needs a validation part)
+    #: stop after this many epochs without a better validation result (0 = never; needs a validation part);
+    #: 'lpft' never stops in the first half of its schedule (:meth:`earliest_stop`)
     early_stop_patience: int = 0
     #: test-time augmentation the validation (and so the choice of the best epoch) uses: 'none' or 'flip'
     tta: str = "none"
@@ -132,6 +134,17 @@ class RefineConfig:
         if not self.lr_per_epoch or any(lr <= 0 for lr in self.lr_per_epoch):
             raise ParameterError("parameter 'rf_lrPerMb' must be a non-empty list of positive learning rates")
         return self.lr_per_epoch[min(int(epoch), len(self.lr_per_epoch) - 1)]
+
+    def earliest_stop(self) -> int:
+        """The first epoch after which early stopping may end the run.
+
+        ``'lpft'``: half the schedule. While the rate is near its peak the
+        validation error of a fine-tuned network commonly rises above the
+        probe's for several epochs before it falls below it (BENCHMARKS.md);
+        a patience counted from epoch 0 would stop inside that dip and keep
+        the probe. ``'original'``: any epoch, as before.
+        """
+        return math.ceil(self.max_epochs / 2) if self.recipe == "lpft" else 0
 
     def resume_key(self) -> dict[str, Any]:
         """What must be unchanged to continue a run.
@@ -567,7 +580,7 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
                "validation_loss": val_loss, "validation_error": val_error, "seconds": time.perf_counter() - started}
         improved = record(done, row)
         done.epoch = epoch + 1
-        done.stopped_early = bool(patience) and done.epoch < config.max_epochs and \
+        done.stopped_early = bool(patience) and config.earliest_stop() <= done.epoch < config.max_epochs and \
             done.epoch - done.best_epoch >= patience
         save(done)
         log(f"epoch {epoch + 1:3d}/{config.max_epochs}  lr {lr:.2g}  train loss {train_loss:.3f}  "
