@@ -94,16 +94,18 @@ rf_augColorJitter = 0.2
 rf_recipe = "lpft"
 # 'lpft': fine-tuning epochs, the length of the warm-up + cosine schedule (0 = the linear probe
 # only)
-rf_ftEpochs = 8
-# 'lpft': the new last layer's peak learning rate (SGD with rf_momentumPerMb, rf_l2RegWeight)
-rf_ftLearningRate = 0.005
-# 'lpft': the backbone learns at this fraction of rf_ftLearningRate
-rf_ftBackboneLrFactor = 0.2
+rf_ftEpochs = 20
+# 'lpft': the new last layer's peak learning rate (SGD with rf_momentumPerMb, rf_l2RegWeight; the
+# backbone's is rf_ftBackboneLrFactor times it)
+rf_ftLearningRate = 0.002
+# 'lpft': the backbone learns at this fraction of rf_ftLearningRate (1 = the same rate as the last
+# layer)
+rf_ftBackboneLrFactor = 1.0
 # 'lpft': epochs of linear learning-rate warm-up
 rf_warmupEpochs = 1.0
 # stop refining after this many epochs without a better validation error or loss (0 = never; both
-# recipes)
-rf_earlyStopPatience = 3
+# recipes; 'lpft' not in the first half of rf_ftEpochs)
+rf_earlyStopPatience = 5
 # test-time augmentation, stored with the DNN by step 2 and applied wherever it runs (step 3,
 # serving, batch scoring, Spark): 'none', or 'flip' (the mean of the features of the image and of
 # its mirror; twice the compute)

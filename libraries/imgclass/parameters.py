@@ -321,17 +321,19 @@ class Parameters:
     rf_recipe: str = _param(RECIPE, "lpft", "'lpft': linear probe on frozen features, then fine-tune everything "
                                             "from it; 'original': the tutorial's recipe (random head, whole "
                                             "network from the start)", choices=("lpft", "original"))
-    rf_ftEpochs: int = _param(RECIPE, 8, "'lpft': fine-tuning epochs, the length of the warm-up + cosine schedule "
+    rf_ftEpochs: int = _param(RECIPE, 20, "'lpft': fine-tuning epochs, the length of the warm-up + cosine schedule "
                                          "(0 = the linear probe only)", check=_non_negative)
-    rf_ftLearningRate: float = _param(RECIPE, 0.005, "'lpft': the new last layer's peak learning rate (SGD with "
-                                                    "rf_momentumPerMb, rf_l2RegWeight)", check=_positive)
-    rf_ftBackboneLrFactor: float = _param(RECIPE, 0.2, "'lpft': the backbone learns at this fraction of "
-                                                       "rf_ftLearningRate",
+    rf_ftLearningRate: float = _param(RECIPE, 0.002, "'lpft': the new last layer's peak learning rate (SGD with "
+                                                    "rf_momentumPerMb, rf_l2RegWeight; the backbone's is "
+                                                    "rf_ftBackboneLrFactor times it)", check=_positive)
+    rf_ftBackboneLrFactor: float = _param(RECIPE, 1.0, "'lpft': the backbone learns at this fraction of "
+                                                       "rf_ftLearningRate (1 = the same rate as the last layer)",
                                           check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
     rf_warmupEpochs: float = _param(RECIPE, 1.0, "'lpft': epochs of linear learning-rate warm-up",
                                     check=_non_negative)
-    rf_earlyStopPatience: int = _param(RECIPE, 3, "stop refining after this many epochs without a better "
-                                                  "validation error or loss (0 = never; both recipes)",
+    rf_earlyStopPatience: int = _param(RECIPE, 5, "stop refining after this many epochs without a better "
+                                                  "validation error or loss (0 = never; both recipes; 'lpft' not "
+                                                  "in the first half of rf_ftEpochs)",
                                        check=_non_negative)
     run_tta: str = _param(RECIPE, "none", "test-time augmentation, stored with the DNN by step 2 and applied "
                                           "wherever it runs (step 3, serving, batch scoring, Spark): 'none', or "
