@@ -143,7 +143,8 @@ def test_lpft_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_the_original_recipe_keeps_its_parameters_and_old_checkpoints() -> None:
-    params = load_parameters(rf_recipe="original", rf_maxEpochs=7, rf_lrPerMb=[0.01, 0.001], rf_ftEpochs=2)
+    params = load_parameters(rf_recipe="original", rf_maxEpochs=7, rf_lrPerMb=[0.01, 0.001], rf_ftEpochs=2,
+                             rf_backboneLrFactor=1.0, rf_ftBackboneLrFactor=0.2)
     config = refine_config(params)
     assert config.max_epochs == 7 and config.learning_rate(5) == 0.001 and config.dropout == 0.5
     key = config.resume_key()  # what a checkpoint written before the recipes existed was made with
