@@ -25,9 +25,7 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -41,7 +39,6 @@ import numpy as np
 import requests
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-DEPLOY = PROJECT_DIR / "scripts" / "6_deploy.py"
 DEMO_IMAGES = PROJECT_DIR / "resources" / "demoImages"
 sys.path.insert(0, str(PROJECT_DIR / "tests"))
 from test_images import gif_frame_bomb, jpeg_declaring, png_bomb  # noqa: E402  (the crafted files of the tests)
@@ -50,10 +47,6 @@ from test_images import gif_frame_bomb, jpeg_declaring, png_bomb  # noqa: E402  
 MAX_SECONDS = 170
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -66,23 +59,6 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def start_server(overrides: list[str], port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "IMGCLASS_API_KEY"}
-    server = subprocess.Popen([sys.executable, str(DEPLOY), *overrides, f"--deploy_port={port}",
-                               "--deploy_host=127.0.0.1", "--run_device=cpu"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the service stopped:\n{server.stderr.read()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the service did not start within 120 s")
 
 
 @dataclass(frozen=True)
@@ -177,24 +153,24 @@ def main() -> None:
     parser.add_argument("--hostile", type=float, default=0.1, help="fraction of hostile requests")
     args, overrides = parser.parse_known_args()
     from imgclass.parameters import parse_command_line
+    from imgclass.serve.process import start_service
 
     params = parse_command_line(overrides)
     seconds = min(args.seconds, MAX_SECONDS)
-    port = free_port()
-    server = start_server(overrides, port)
-    url = f"http://127.0.0.1:{port}"
+    os.environ.pop("IMGCLASS_API_KEY", None)  # the requests carry no key: the service must not ask for one
+    service = start_service(extra_args=[*overrides, "--run_device=cpu"])
+    url, pid = service.url, service.process.pid
     try:
         with requests.Session() as session:  # a few valid requests first: the start RSS is a served model's
             for _, send in valid_requests(url)[:6]:
                 send(session).raise_for_status()
-        rss_start, _ = memory_mb(server.pid)
-        calls, samples = run_load(url, server.pid, seconds, args.concurrency, args.hostile,
+        rss_start, _ = memory_mb(pid)
+        calls, samples = run_load(url, pid, seconds, args.concurrency, args.hostile,
                                   params.deploy_maxImages)
         time.sleep(2.0)
-        rss_end, hwm = memory_mb(server.pid)
+        rss_end, hwm = memory_mb(pid)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        service.stop(timeout=30)
 
     valid = [c for c in calls if c.kind.startswith("valid")]
     hostile = [c for c in calls if c.kind.startswith("hostile")]

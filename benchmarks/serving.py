@@ -24,9 +24,7 @@ import argparse
 import base64
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 import threading
@@ -40,13 +38,12 @@ import torch
 from imgclass.io.images import decode_image_bytes, load_rgb
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import parse_command_line
-from imgclass.model.predictor import Predictor
 from imgclass.serve.predictor import load_predictor
+from imgclass.serve.process import start_service
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 IMAGE = PROJECT_DIR / "resources" / "demoImages" / "mammals" / "bovines_cow.jpg"
-DEPLOY = PROJECT_DIR / "scripts" / "6_deploy.py"
 
 
 def percentiles(values_ms: list[float]) -> tuple[float, float]:
@@ -64,28 +61,8 @@ def time_calls(call, repeats: int, warmup: int = 20) -> list[float]:
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def start_server(overrides: list[str], port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "IMGCLASS_API_KEY"}
-    server = subprocess.Popen([sys.executable, str(DEPLOY), *overrides, f"--deploy_port={port}",
-                               "--deploy_host=127.0.0.1", "--run_device=cpu"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited:\n{server.stderr.read()}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the server did not start within 120 s")
 
 
 def main(argv: list[str]) -> None:
@@ -105,9 +82,9 @@ def main(argv: list[str]) -> None:
     draft = predictor.transform.draft_size
     image = load_rgb(IMAGE, draft_size=draft)
     info = predictor.featurizer.describe()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(overrides, port)
+    os.environ.pop("IMGCLASS_API_KEY", None)  # the requests carry no key: the service must not ask for one
+    service = start_service(extra_args=[*overrides, "--run_device=cpu"])
+    url = service.url
     try:
         score_body = {"input_df": [{"image base64 string": base64.b64encode(data).decode("ascii")}]}
         server_ms: list[float] = []
@@ -161,8 +138,7 @@ def main(argv: list[str]) -> None:
             list(pool.map(one_request, range(args.requests)))
             wall = time.perf_counter() - start
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        service.stop(timeout=30)
 
     cpu = platform.processor() or platform.machine()
     print(f"Model {layout.dataset}: {info['backbone']} at {info['resolution']} px + SVM; image {IMAGE.name} "
