@@ -264,6 +264,22 @@ def infer(network: nn.Module, dataset: ImageDataset, batch_size: int = 32, runti
             yield _finish(pending)
 
 
+def readable_outputs(network: nn.Module, dataset: ImageDataset, output_dim: int, batch_size: int = 32,
+                     runtime: Runtime | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(outputs, indices)``: the rows of the readable images of ``dataset`` and their dataset positions.
+
+    For callers that need every output at once (fitting a probe or an SVM);
+    unreadable images are left out, so ``indices`` maps rows back to labels.
+    """
+    rows, indices = [], []
+    for batch in infer(network, dataset, batch_size, runtime):
+        rows.append(batch.outputs[batch.readable])
+        indices.append(batch.indices[batch.readable])
+    if not rows:
+        return np.zeros((0, output_dim), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(rows), np.concatenate(indices)
+
+
 def images_to_batch(images: Sequence[Image.Image | np.ndarray], transform: ImageTransform) -> torch.Tensor:
     """Already-decoded images -> one ``(B, R, R, 3)`` uint8 batch, laid out as :class:`ImageDataset` builds it.
 

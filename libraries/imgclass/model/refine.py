@@ -68,7 +68,7 @@ from imgclass.io.atomic import atomic_path
 from imgclass.model.backbones import FeatureExtractor
 from imgclass.model.dataset import ImageBatch, ImageDataset, as_batch
 from imgclass.model.featurizer import L2Normalize
-from imgclass.model.inference import DevicePlan, infer
+from imgclass.model.inference import DevicePlan, infer, readable_outputs
 from imgclass.model.runtime import Runtime
 from imgclass.model.transforms import EvalTransform, TrainTransform, check_tta, with_tta
 
@@ -418,12 +418,7 @@ class LinearProbe:
 def _frozen_features(network: nn.Module, dim: int, images: TrainingImages, transform: EvalTransform,
                      batch_size: int, runtime: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """``network``'s outputs for the readable images and their class ids ``(X, y)``, via the inference loop."""
-    rows, indices = [], []
-    for batch in infer(network, ImageDataset(images.paths, transform), batch_size, runtime):
-        rows.append(batch.outputs[batch.readable])
-        indices.append(batch.indices[batch.readable])
-    X = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
-    index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    X, index = readable_outputs(network, ImageDataset(images.paths, transform), dim, batch_size, runtime)
     return X.astype(np.float64), np.asarray(images.targets)[index]
 
 

@@ -2,7 +2,7 @@
 
 With ``classifier='auto'`` step 2 also chooses the classifier and backbone
 (:mod:`imgclass.pipeline.select`) and records the choice; steps 3-5 then
-follow it (:func:`imgclass.pipeline.select.resolved`).
+follow it (:func:`imgclass.pipeline.select.effective_classifier`).
 """
 
 from __future__ import annotations

@@ -38,8 +38,6 @@ from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from imgclass.model.featurizer import Featurizer
     from imgclass.model.refine import RefineResult, TrainingImages
     from imgclass.model.runtime import Runtime
@@ -118,23 +116,6 @@ def effective_classifier(params: Parameters) -> str:
     return classifier
 
 
-def _outputs(featurizer: "Featurizer", paths: Sequence[Path], batch_size: int,
-             runtime: "Runtime") -> tuple["np.ndarray", "np.ndarray"]:
-    """The network's outputs of the readable images among ``paths`` and their positions."""
-    import numpy as np
-
-    from imgclass.model.dataset import ImageDataset
-    from imgclass.model.inference import infer
-
-    rows, indices = [], []
-    for batch in infer(featurizer.network, ImageDataset(paths, featurizer.transform), batch_size, runtime):
-        rows.append(batch.outputs[batch.readable])
-        indices.append(batch.indices[batch.readable])
-    if not rows:
-        return np.zeros((0, featurizer.output_dim), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(rows), np.concatenate(indices)
-
-
 def _svm_accuracy(params: Parameters, featurizer: "Featurizer", fit: "TrainingImages", held: "TrainingImages",
                   runtime: "Runtime") -> float:
     """Accuracy on ``held`` of the SVM (C by CV, as step 4) trained on ``fit``'s features."""
@@ -143,10 +124,16 @@ def _svm_accuracy(params: Parameters, featurizer: "Featurizer", fit: "TrainingIm
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
 
+    from imgclass.model.dataset import ImageDataset
+    from imgclass.model.inference import readable_outputs
     from imgclass.model.svm import effective_folds, make_svm, select_C
 
-    X_fit, i_fit = _outputs(featurizer, fit.paths, params.run_mbSize, runtime)
-    X_held, i_held = _outputs(featurizer, held.paths, params.run_mbSize, runtime)
+    def outputs(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+        return readable_outputs(featurizer.network, ImageDataset(paths, featurizer.transform), featurizer.output_dim,
+                                params.run_mbSize, runtime)
+
+    X_fit, i_fit = outputs(fit.paths)
+    X_held, i_held = outputs(held.paths)
     y_fit, y_held = np.asarray(fit.targets)[i_fit], np.asarray(held.targets)[i_held]
     if len(np.unique(y_fit)) < 2 or not len(y_held):
         return float("nan")

@@ -432,14 +432,14 @@ def resolve_model_source(model_uri: str, tracking_uri: str) -> tuple[str, Regist
     """
     if not tracking_uri and re.match(r"(models|runs):/", model_uri):
         raise ModelUriError(f"deploy_modelUri={model_uri!r} needs a model registry, but mlflow_trackingUri is ''")
-    import_mlflow()
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     registered = None
     if parse_registry_uri(model_uri) is not None:
         # Only a registry URI opens a store: with no tracking URI MLflow would create its default one,
         # ./mlflow.db, in whatever folder a folder model is scored from.
+        import_mlflow()
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
         client = MlflowClient(tracking_uri or None, tracking_uri or None)
         try:
             registered = resolve_registry_version(client, model_uri)
