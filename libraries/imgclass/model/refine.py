@@ -75,6 +75,8 @@ from imgclass.model.transforms import EvalTransform, TrainTransform, check_tta, 
 CHECKPOINT_FORMAT = "imgclass-refinement-1"
 #: ``rf_recipe``: linear probing then fine-tuning, or the original tutorial's recipe
 RECIPES = ("lpft", "original")
+#: ``rf_optimizer``: SGD with momentum, or Adam (the Keras CNN tutorial's, for training from scratch)
+OPTIMIZERS = ("sgd", "adam")
 #: C values the linear probe chooses from by cross-validation: those of the SVM of step 4 (svm_CVals' default)
 PROBE_CS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 
@@ -115,6 +117,9 @@ class RefineConfig:
     max_grad_norm: float = 0.0
     #: the head reads the features scaled to unit length (as the SVM does)
     normalize_features: bool = False
+    #: 'sgd' (with ``momentum``) or 'adam' (the Keras CNN tutorial's, for training from scratch); both use the
+    #: recipe's learning rates and ``weight_decay`` as an L2 penalty
+    optimizer: str = "sgd"
 
     def learning_rate(self, epoch: float) -> float:
         """Learning rate at ``epoch`` (0-based; a fraction is a point within an epoch).
@@ -157,6 +162,8 @@ class RefineConfig:
         """
         key = asdict(self)
         key.pop("early_stop_patience")
+        if key["optimizer"] == "sgd":  # as before the choice existed: older checkpoints still resume
+            key.pop("optimizer")
         if self.recipe == "original":
             for name in ("max_epochs", "recipe", "peak_lr", "warmup_epochs", "max_grad_norm", "normalize_features"):
                 key.pop(name)
@@ -286,6 +293,8 @@ def _check(config: RefineConfig, images: TrainingImages) -> None:
     """Bad setups fail before any work."""
     if config.recipe not in RECIPES:
         raise ParameterError(f"parameter 'rf_recipe' must be one of {RECIPES}, got {config.recipe!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ParameterError(f"parameter 'rf_optimizer' must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     if config.recipe == "original" and config.max_epochs < 1:
         raise ImgClassError("refinement needs rf_maxEpochs >= 1")
     if config.max_epochs < 0:
@@ -296,14 +305,16 @@ def _check(config: RefineConfig, images: TrainingImages) -> None:
     config.learning_rate(0)  # validates the schedule
 
 
-def _optimizer(model: ClassifierNet, config: RefineConfig) -> torch.optim.SGD:
-    """SGD over the head, and over the backbone (at ``backbone_lr_factor`` times the rate) unless frozen."""
+def _optimizer(model: ClassifierNet, config: RefineConfig) -> torch.optim.Optimizer:
+    """SGD (or Adam) over the head, and over the backbone (at ``backbone_lr_factor`` times the rate) unless frozen."""
     if config.freeze_backbone:
         for parameter in model.extractor.parameters():
             parameter.requires_grad_(False)
     groups = [{"params": list(model.head.parameters()), "lr_factor": 1.0}]
     if not config.freeze_backbone:
         groups.append({"params": list(model.extractor.parameters()), "lr_factor": config.backbone_lr_factor})
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.learning_rate(0), weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.learning_rate(0), momentum=config.momentum,
                            weight_decay=config.weight_decay)
 
