@@ -242,6 +242,10 @@ class FeatureWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
     def close(self) -> None:
         """Close the file, leaving it where it is (a resumable run keeps it for the next one)."""
         if not self._file.closed:
@@ -396,7 +400,8 @@ class ResumableFeatureWriter:
     after_commit: ClassVar[Callable[[int], None] | None] = None
 
     def __init__(self, target: Path, paths: Sequence[str], stamps: Sequence[Stamp | None],
-                 recipe: Mapping[str, str], dim: int, commit_seconds: float | None = None):
+                 recipe: Mapping[str, str], dim: int, commit_seconds: float | None = None, resumable: bool = True):
+        """``resumable=False``: keep no progress, write a private temporary file (as before issue 18)."""
         self.target = Path(target)
         self.folder = partial_folder(self.target)
         n_rows = len(paths)
@@ -410,10 +415,20 @@ class ResumableFeatureWriter:
         self._last_commit = time.monotonic()
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _DatasetLock(self.target.parent)
-        self.resumable = self._lock.acquire()
+        self.resumable = resumable and self._lock.acquire()
         if not self.resumable:
             self.writer = FeatureWriter(self.target, n_rows, dim)
             return
+        try:
+            self._open_progress(paths, stamps, recipe, dim)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open_progress(self, paths: Sequence[str], stamps: Sequence[Stamp | None], recipe: Mapping[str, str],
+                       dim: int) -> None:
+        """Continue the interrupted run's progress, take over what fits of it, or start afresh."""
+        n_rows = len(paths)
         self.folder.mkdir(exist_ok=True)
         manifest = {"format": PROGRESS_FORMAT, "recipe": dict(recipe), "dim": int(dim), "paths": list(paths),
                     "stamps": [list(stamp) if stamp is not None else None for stamp in stamps]}
@@ -490,8 +505,9 @@ class ResumableFeatureWriter:
         if self._finished:
             return
         if self.resumable:
-            with contextlib.suppress(OSError):  # e.g. a full disk: the last committed progress stands
-                self.commit()
+            if not self.writer.closed:  # closed: finish() failed after its last commit
+                with contextlib.suppress(OSError):  # e.g. a full disk: the last committed progress stands
+                    self.commit()
             self.writer.close()
         else:
             self.writer.discard()

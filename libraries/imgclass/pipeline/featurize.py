@@ -66,8 +66,8 @@ class FeaturizeReport:
         return "\n".join(lines)
 
 
-def featurize_dataset(params: Parameters, progress: bool = True,
-                      commit_seconds: float | None = None) -> FeaturizeReport:
+def featurize_dataset(params: Parameters, progress: bool = True, commit_seconds: float | None = None,
+                      resumable: bool = True) -> FeaturizeReport:
     """Step 3: features of every image in ``split.csv`` -> ``features.npy`` + ``features.csv`` + ``.json``.
 
     Features of images that are unchanged since the last run (same path, size
@@ -85,7 +85,8 @@ def featurize_dataset(params: Parameters, progress: bool = True,
     (:class:`imgclass.model.feature_store.ResumableFeatureWriter`). The Spark
     engine's batches go through the same writer, but they reach it only
     when its job is done: a run killed during the Spark job keeps only what
-    was committed before it.
+    was committed before it. ``resumable=False`` keeps no progress (the
+    behaviour before resuming existed; benchmarks/featurize_resume.py compares the two).
     """
     import numpy as np
 
@@ -108,7 +109,7 @@ def featurize_dataset(params: Parameters, progress: bool = True,
     failures: list[tuple[int, str]] = []
     spark_job = SparkJob() if params.run_engine == "spark" else None  # where Spark ran it, once it has
     with ResumableFeatureWriter(layout.features_npy, paths, stamps, recipe, featurizer.output_dim,
-                                commit_seconds) as writer:
+                                commit_seconds, resumable) as writer:
         reusable = find_reusable_features(layout.features_cache_json, layout.features_npy, paths, stamps, recipe,
                                           featurizer.output_dim).without(writer.done)
         reusable.copy_into(writer.write)
