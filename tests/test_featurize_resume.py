@@ -229,3 +229,19 @@ def test_a_second_run_at_the_same_time_works_privately(params: Parameters, monke
         assert (partial_folder(layout.features_npy) / "progress.json").exists()  # the holder's, untouched
     finally:
         holder.__exit__(None, None, None)
+
+
+def test_a_killed_private_runs_temporary_file_is_removed(tmp_path: Path) -> None:
+    """A run that kept no progress and was killed left a full-size temporary file: the next run removes it."""
+    target = tmp_path / "proc" / "features.npy"
+    target.parent.mkdir()
+    orphan = target.with_name(".features.npy.999999999.tmp.npy")  # no such process
+    own = target.with_name(f".features.npy.{os.getpid()}.tmp.npy")  # a running process's
+    orphan.write_bytes(b"x" * 1000)
+    own.write_bytes(b"x")
+    with ResumableFeatureWriter(target, ["x.jpg"], [(1, 2)], {"r": "1"}, 3) as writer:
+        writer.write(np.array([0]), np.ones((1, 3), dtype=np.float32))
+        writer.finish(lambda npy: None)
+    assert not orphan.exists() and own.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [own.name, "features.npy"]
+    assert np.array_equal(np.load(target), np.ones((1, 3), dtype=np.float32))

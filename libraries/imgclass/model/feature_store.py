@@ -430,6 +430,7 @@ class ResumableFeatureWriter:
         """Continue the interrupted run's progress, take over what fits of it, or start afresh."""
         n_rows = len(paths)
         self.folder.mkdir(exist_ok=True)
+        _remove_orphaned_temporaries(self.target)
         manifest = {"format": PROGRESS_FORMAT, "recipe": dict(recipe), "dim": int(dim), "paths": list(paths),
                     "stamps": [list(stamp) if stamp is not None else None for stamp in stamps]}
         old = _read_progress(self.folder)
@@ -528,6 +529,35 @@ class ResumableFeatureWriter:
             self.close()
         finally:
             self._lock.release()
+
+
+def _remove_orphaned_temporaries(target: Path) -> None:
+    """Remove private temporary feature files (``.features.npy.<pid>.tmp.npy``) whose process is gone.
+
+    A run that writes privately (no progress kept: ``resumable=False``, or
+    another run held the lock, or step 3 before resuming existed) and is
+    killed leaves such a file, as large as ``features.npy``, that nothing can
+    use. Files of a process that still runs are left alone.
+    """
+    prefix = f".{target.name}."
+    for path in target.parent.glob(f"{prefix}*.tmp.npy"):
+        pid = path.name[len(prefix):-len(".tmp.npy")]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether process ``pid`` runs (True when unsure: then its file is kept)."""
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill would terminate the process, not probe it
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # e.g. another user's process
+        return True
+    return True
 
 
 def _finished_rows(npy: Path, manifest: Mapping[str, Any], done: np.ndarray, paths: Sequence[str],
