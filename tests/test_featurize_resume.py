@@ -231,7 +231,7 @@ def test_a_second_run_at_the_same_time_works_privately(params: Parameters, monke
         holder.__exit__(None, None, None)
 
 
-def test_a_killed_private_runs_temporary_file_is_removed(tmp_path: Path) -> None:
+def test_the_temporary_file_of_a_killed_private_run_is_removed(tmp_path: Path) -> None:
     """A run that kept no progress and was killed left a full-size temporary file: the next run removes it."""
     target = tmp_path / "proc" / "features.npy"
     target.parent.mkdir()
