@@ -245,3 +245,21 @@ def test_the_temporary_file_of_a_killed_private_run_is_removed(tmp_path: Path) -
     assert not orphan.exists() and own.exists()
     assert sorted(p.name for p in target.parent.iterdir()) == [own.name, "features.npy"]
     assert np.array_equal(np.load(target), np.ones((1, 3), dtype=np.float32))
+
+
+def test_tables_of_an_unfinished_rename_are_refused(params: Parameters) -> None:
+    """features.csv/.json are written before features.npy's rename: a crash between the two leaves tables newer
+    than the features.npy beside them, which steps 4-5 refuse (re-run step 3) rather than pair with old rows;
+    a copy of the folder that did not keep modification times is accepted."""
+    from imgclass.errors import MissingArtifactError
+    from imgclass.pipeline.artifacts import load_features
+
+    featurize_dataset(params, progress=False)
+    layout = DatasetLayout.from_parameters(params)
+    assert len(load_features(layout).rows) == N_IMAGES
+    info = layout.features_npy.stat()
+    os.utime(layout.features_npy, ns=(info.st_atime_ns, info.st_mtime_ns - 10**9))  # the previous run's file
+    with pytest.raises(MissingArtifactError, match="re-run scripts/3_runDNN.py"):
+        load_features(layout)
+    os.utime(layout.features_npy, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))  # copied later: fine
+    assert len(load_features(layout).rows) == N_IMAGES

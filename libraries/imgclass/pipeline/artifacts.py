@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 PREPARE_SCRIPT = "scripts/1_prepareData.py"
 FEATURIZE_SCRIPT = "scripts/3_runDNN.py"
+#: key of ``features.json``: ``[size, mtime_ns]`` of the ``features.npy`` written with it
+FEATURES_NPY_STAMP = "features_npy_stamp"
 
 
 def read_labels(layout: DatasetLayout) -> list[str]:
@@ -69,8 +71,24 @@ def load_features(layout: DatasetLayout) -> FeatureTable:
     if unknown:
         raise MissingArtifactError(f"labels {unknown} are not in {layout.labels_json}; re-run steps 1-3")
     metadata = json.loads(layout.features_json.read_text(encoding="utf-8")) if layout.features_json.is_file() else {}
+    _check_stamp(layout, metadata)
     return FeatureTable(np.asarray(features[ok], dtype=np.float32), rows,
                         np.array([label_ids[r.label] for r in rows], dtype=np.int64), labels, metadata)
+
+
+def _check_stamp(layout: DatasetLayout, metadata: dict[str, Any]) -> None:
+    """Refuse a ``features.npy`` older than the file step 3 wrote these tables with (a crash between the two)."""
+    stamp = metadata.get(FEATURES_NPY_STAMP)
+    if not stamp:  # written before the stamp existed, or by hand
+        return
+    info = layout.features_npy.stat()
+    size, mtime_ns = stamp
+    # Older than the file the tables were written with: the previous run's features.npy. (A newer one is a
+    # copy of the folder that did not keep modification times: accepted, as its size says.)
+    if info.st_size != size or info.st_mtime_ns < mtime_ns:
+        raise MissingArtifactError(f"{layout.features_npy} is not the file {layout.features_json} was written with "
+                                   f"(step 3 was interrupted while finishing?); re-run {FEATURIZE_SCRIPT}: it "
+                                   "reuses the finished rows")
 
 
 def load_features_for(params: Parameters) -> FeatureTable:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from imgclass.io.atomic import write_csv, write_json
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import Parameters, StepSpec
-from imgclass.pipeline.artifacts import read_split_rows
+from imgclass.pipeline.artifacts import FEATURES_NPY_STAMP, read_split_rows
 from imgclass.pipeline.select import effective_classifier
 
 STEP = StepSpec("featurize", "scripts/3_runDNN.py", "featurize every image of the split with the DNN of step 2",
@@ -126,15 +127,23 @@ def featurize_dataset(params: Parameters, progress: bool = True, commit_seconds:
                 writer.maybe_commit()
                 failures += [(int(todo[i]), message) for i, message in batch.failures]
         failed = {index for index, _ in failures}
-        writer.finish(lambda npy: write_cache_index(layout.features_cache_json, npy, recipe, paths, stamps,
-                                                    (i not in failed for i in range(len(rows)))))
+
+        def write_tables(npy: Path) -> None:
+            # Before the rename onto features.npy, stamped with the finished file (a rename keeps its size and
+            # mtime): a crash between the two leaves tables that name no features.npy, which load_features
+            # reports instead of pairing them with the previous run's rows.
+            write_cache_index(layout.features_cache_json, npy, recipe, paths, stamps,
+                              (i not in failed for i in range(len(rows))))
+            write_csv(layout.features_csv, FEATURES_CSV_COLUMNS,
+                      ((i, r.path, r.label, r.split, int(i not in failed)) for i, r in enumerate(rows)))
+            write_json(layout.features_json, {**featurizer.describe(), "classifier": effective_classifier(params),
+                                              "precision": runtime.precision, "n_images": len(rows),
+                                              "n_unreadable": len(failures), "n_reused_from_cache": len(reusable),
+                                              "n_resumed_from_interrupted_run": writer.n_resumed,
+                                              FEATURES_NPY_STAMP: list(file_stamp(npy) or ())})
+
+        writer.finish(write_tables)
     seconds = time.perf_counter() - start
-    write_csv(layout.features_csv, FEATURES_CSV_COLUMNS,
-              ((i, r.path, r.label, r.split, int(i not in failed)) for i, r in enumerate(rows)))
-    write_json(layout.features_json, {**featurizer.describe(), "classifier": effective_classifier(params),
-                                      "precision": runtime.precision, "n_images": len(rows),
-                                      "n_unreadable": len(failures), "n_reused_from_cache": len(reusable),
-                                      "n_resumed_from_interrupted_run": writer.n_resumed})
     return FeaturizeReport(layout, len(rows), featurizer.output_dim,
                            [(rows[i].path, message) for i, message in sorted(failures)],
                            seconds, str(runtime.device), runtime.precision, workers, len(reusable),

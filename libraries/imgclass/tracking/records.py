@@ -125,6 +125,7 @@ def _featurize(report: Any, record: StepRecord) -> None:
     record.add_metric("featurize/images", report.n_images)
     record.add_metric("featurize/computed", report.n_featurized)
     record.add_metric("featurize/reused", report.n_reused)
+    record.add_metric("featurize/resumed", report.n_resumed)
     record.add_metric("featurize/unreadable", len(report.failures))
     record.add_metric("featurize/seconds", report.seconds)
     if report.n_featurized and report.seconds > 0:
