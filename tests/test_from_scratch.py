@@ -16,6 +16,7 @@ from imgclass.errors import ParameterError, WeightsNotFoundError
 from imgclass.layout import DatasetLayout
 from imgclass.model.backbones import load_pretrained_extractor
 from imgclass.model.featurizer import Featurizer
+from imgclass.model.predictor import Predictor
 from imgclass.parameters import Parameters, load_parameters
 from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data, train_classifier
 from imgclass.pipeline.build import STEP, from_scratch, refine_config
@@ -121,6 +122,9 @@ def test_smallcnn_learns_from_scratch_through_steps_1_to_5(toy: Path, monkeypatc
     assert len(layout.training_csv.read_text().splitlines()) == 1 + 6
     loaded = Featurizer.load(layout.featurizer_pth)  # as serving, batch scoring, Spark and MLflow load it
     assert loaded.extractor.backbone_name == "smallcnn" and loaded.output == "logits"
+    predictor = Predictor.load(layout.featurizer_pth)  # what serving and batch scoring run
+    red = Image.fromarray(np.full((24, 24, 3), COLOURS["red"], dtype=np.uint8))
+    assert predictor.model_name == "smallcnn-dnn" and predictor.predict([red]).probabilities.shape == (1, 2)
     featurize_dataset(params, progress=False)
     train_classifier(params)
     accuracy = evaluate(params).metrics["overall_accuracy"]
