@@ -146,3 +146,13 @@ def test_svm_on_a_network_trained_from_scratch(toy: Path) -> None:
     assert featurize_dataset(params, progress=False).feature_dim == 256
     train_classifier(params)
     assert 0 <= evaluate(params).metrics["overall_accuracy"] <= 1
+
+
+def test_auto_trains_its_candidates_from_scratch(toy: Path) -> None:
+    params = _parameters(toy, classifier="auto", rf_maxEpochs=2, auto_classifiers=["dnn", "svmDnnRefined"])
+    prepare_data(params)
+    messages: list[str] = []
+    report = build_featurizer(params, progress=False, log=messages.append)
+    assert report.choice is not None and report.choice.chosen.classifier in ("dnn", "svmDnnRefined")
+    assert "trained from scratch (original, 2 epochs" in report.featurizer.source
+    assert any("random initialisation (rf_pretrained=False)" in m for m in messages)
