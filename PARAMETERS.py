@@ -33,15 +33,16 @@ randomSeed = 0
 # rf_pretrainedModelFilename names a backbone: 'resnet18', 'resnet34', 'resnet50',
 # 'efficientnet_lite0', any torchvision classification model (e.g. 'convnext_tiny', 'vit_b_16';
 # docs/backbones.md), or a .pth state dict whose file name starts with one (e.g.
-# resnet18-f37072fd.pth). Weights are looked for in resources/models/, then torch hub's cache,
-# then downloaded; 'efficientnet_lite0' ships with its pip package (works offline). Refinement
-# (classifier 'dnn' or 'svmDnnRefined') trains a new last layer, and the backbone unless
-# rf_boFreezeWeights, on the training images.
+# resnet18-f37072fd.pth); 'smallcnn' trains from scratch only (rf_pretrained=False). Weights are
+# looked for in resources/models/, then torch hub's cache, then downloaded; 'efficientnet_lite0'
+# ships with its pip package (works offline). Refinement (classifier 'dnn' or 'svmDnnRefined')
+# trains a new last layer, and the backbone unless rf_boFreezeWeights, on the training images.
 
 # backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0' (works offline), any
 # torchvision classification model name (e.g. 'convnext_tiny', 'vit_b_16'; see docs/backbones.md),
-# or a path to a .pth state dict whose file name starts with one; with classifier 'auto' also a
-# list of them (on the command line comma-separated)
+# 'smallcnn' (a small CNN with no pretrained weights: with rf_pretrained=False), or a path to a
+# .pth state dict whose file name starts with one; with classifier 'auto' also a list of them (on
+# the command line comma-separated)
 rf_pretrainedModelFilename = "resnet18"
 # True: start from the backbone's pretrained (ImageNet) weights; False: random weights, trained
 # from scratch in step 2 with rf_recipe 'original' (needed for 'smallcnn'; docs/from_scratch.md)

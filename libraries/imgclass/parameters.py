@@ -75,7 +75,8 @@ DATA = Section("Data", "Images live in <rootDir>/images/<datasetName>/<class>/*.
 DNN = Section("Pretrained DNN and its refinement",
               "rf_pretrainedModelFilename names a backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0', "
               "any torchvision classification model (e.g. 'convnext_tiny', 'vit_b_16'; docs/backbones.md), "
-              "or a .pth state dict whose file name starts with one (e.g. resnet18-f37072fd.pth). Weights are looked "
+              "or a .pth state dict whose file name starts with one (e.g. resnet18-f37072fd.pth); 'smallcnn' trains from "
+              "scratch only (rf_pretrained=False). Weights are looked "
               "for in resources/models/, then torch hub's cache, then downloaded; 'efficientnet_lite0' ships with its "
               "pip package (works offline). Refinement (classifier 'dnn' or 'svmDnnRefined') trains a new last layer, "
               "and the backbone unless rf_boFreezeWeights, on the training images.")
@@ -286,7 +287,8 @@ class Parameters:
     rf_pretrainedModelFilename: str | list[str] = _param(
         DNN, "resnet18", "backbone: 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0' (works offline), any "
                          "torchvision classification model name (e.g. 'convnext_tiny', 'vit_b_16'; see "
-                         "docs/backbones.md), or a path to a .pth state dict whose file name starts with one; "
+                         "docs/backbones.md), 'smallcnn' (a small CNN with no pretrained weights: with "
+                         "rf_pretrained=False), or a path to a .pth state dict whose file name starts with one; "
                          "with classifier 'auto' also a list of them (on the command line comma-separated)",
         check=_backbone_or_list)
     rf_pretrained: bool = _param(DNN, True, "True: start from the backbone's pretrained (ImageNet) weights; False: "
