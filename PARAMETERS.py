@@ -82,7 +82,8 @@ rf_backboneLrFactor = 1.0
 rf_validationFraction = 0.1
 # training augmentation: scale and pad with a margin, then a random crop
 rf_augRandomCrop = True
-# training augmentation: random left-right flips
+# training augmentation: random left-right flips; set False where a mirror image changes the class
+# (digits, letters, left/right views; docs/refinement.md)
 rf_augHorizontalFlip = True
 # training augmentation: brightness/contrast/saturation jitter strength (0 = off)
 rf_augColorJitter = 0.2

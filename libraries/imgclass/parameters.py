@@ -321,7 +321,9 @@ class Parameters:
                                           check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     rf_augRandomCrop: bool = _param(DNN, True, "training augmentation: scale and pad with a margin, then a random "
                                                "crop")
-    rf_augHorizontalFlip: bool = _param(DNN, True, "training augmentation: random left-right flips")
+    rf_augHorizontalFlip: bool = _param(DNN, True, "training augmentation: random left-right flips; set False where a "
+                                                   "mirror image changes the class (digits, letters, left/right "
+                                                   "views; docs/refinement.md)")
     rf_augColorJitter: float = _param(DNN, 0.2, "training augmentation: brightness/contrast/saturation jitter "
                                                 "strength (0 = off)",
                                       check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
