@@ -30,6 +30,7 @@ from PIL import Image
 from imgclass.errors import ImgClassError
 from imgclass.layout import DatasetLayout
 from imgclass.parameters import load_parameters
+from imgclass.pipeline.artifacts import FEATURES_NPY_STAMP
 from imgclass.spark.session import SparkUnavailableError, java_available, parse_conf
 
 from conftest import DEMO_IMAGES, make_dataset
@@ -89,8 +90,9 @@ def _featurize(params, engine: str, **values: object) -> tuple[np.ndarray, list[
     report = featurize_dataset(params.replace(run_engine=engine, **values), progress=False)
     with open(layout.features_csv, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return (np.load(layout.features_npy), rows, json.loads(layout.features_json.read_text(encoding="utf-8")),
-            report)
+    description = json.loads(layout.features_json.read_text(encoding="utf-8"))
+    description.pop(FEATURES_NPY_STAMP)  # the file's size and mtime: the runs' times differ
+    return np.load(layout.features_npy), rows, description, report
 
 
 def _steps_4_5(params) -> tuple[float, float]:
