@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from refinement_recipes import PROJECT, _timed
+from refinement_recipes import PROJECT, _timed, prepare_run, results_writer
 
 SETUPS = ("smallcnn scratch", "backbone scratch", "svm", "dnn")
 
@@ -164,21 +162,10 @@ def main(argv: list[str]) -> None:
         plot_curves(args.plot, args.png)
         print(f"Wrote {args.png}")
         return
-    from imgclass.parameters import load_parameters
-
-    base = load_parameters(["--rf_pretrainedModelFilename=efficientnet_lite0", *overrides],
-                           parameters_file=PROJECT / "PARAMETERS.py", project_dir=PROJECT)
+    base = prepare_run(args.root, args.datasets, overrides)
     scratch = {"rf_optimizer": args.scratch_optimizer, "rf_lrPerMb": [args.scratch_lr],
                "rf_maxEpochs": args.scratch_epochs, "rf_earlyStopPatience": args.scratch_patience}
-    demo = args.root / "images" / "tuxpaintStamps"
-    if "tuxpaintStamps" in args.datasets and not demo.exists():
-        shutil.copytree(PROJECT / "resources" / "demoImages", demo, copy_function=os.link)
-
-    def write(entry: dict[str, Any]) -> None:
-        with open(args.out, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry) + "\n")
-        print(json.dumps({k: v for k, v in entry.items() if k != "history"}), flush=True)
-
+    write = results_writer(args.out, hidden=("history",))
     setups = tuple(s for s in args.setups.split(",") if s)
     for seed in (int(s) for s in args.seeds.split(",")):
         for dataset in args.datasets.split(","):

@@ -153,6 +153,28 @@ def summarise(path: Path) -> str:
     return "\n".join(lines)
 
 
+def prepare_run(root: Path, datasets: str, overrides: list[str]) -> Any:
+    """The benchmark's base parameters (EfficientNet-Lite0, then ``overrides``), with the demo images linked
+    into ``root`` when ``datasets`` names them."""
+    from imgclass.parameters import load_parameters
+
+    demo = root / "images" / "tuxpaintStamps"
+    if "tuxpaintStamps" in datasets and not demo.exists():
+        shutil.copytree(PROJECT / "resources" / "demoImages", demo, copy_function=os.link)
+    return load_parameters(["--rf_pretrainedModelFilename=efficientnet_lite0", *overrides],
+                           parameters_file=PROJECT / "PARAMETERS.py", project_dir=PROJECT)
+
+
+def results_writer(out: Path, hidden: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], None]:
+    """Appends each result to the JSON-lines file ``out`` as it comes and prints it (less the ``hidden`` keys)."""
+    def write(entry: dict[str, Any]) -> None:
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        print(json.dumps({k: v for k, v in entry.items() if k not in hidden}), flush=True)
+
+    return write
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path)
@@ -168,19 +190,8 @@ def main(argv: list[str]) -> None:
     if args.summary:
         print(summarise(args.summary))
         return
-    from imgclass.parameters import load_parameters
-
-    base = load_parameters(["--rf_pretrainedModelFilename=efficientnet_lite0", *overrides],
-                           parameters_file=PROJECT / "PARAMETERS.py", project_dir=PROJECT)
-    demo = args.root / "images" / "tuxpaintStamps"
-    if "tuxpaintStamps" in args.datasets and not demo.exists():
-        shutil.copytree(PROJECT / "resources" / "demoImages", demo, copy_function=os.link)
-
-    def write(entry: dict[str, Any]) -> None:
-        with open(args.out, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry) + "\n")
-        print(json.dumps(entry), flush=True)
-
+    base = prepare_run(args.root, args.datasets, overrides)
+    write = results_writer(args.out)
     original_seeds = {int(s) for s in args.original_seeds.split(",") if s}
     old = [json.loads(line) for line in args.reuse.read_text().splitlines()] if args.reuse else []
     for seed in (int(s) for s in args.seeds.split(",")):

@@ -158,12 +158,16 @@ class _Interrupted(Exception):
     pass
 
 
-def _interrupt_after(commit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def _interrupted_run(params: Parameters, commit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 3 in this process, committing after every batch and interrupted right after commit number ``commit``."""
     def stop(number: int) -> None:
         if number == commit:
             raise _Interrupted
 
     monkeypatch.setattr(ResumableFeatureWriter, "after_commit", stop)
+    with pytest.raises(_Interrupted):
+        featurize_dataset(params, progress=False, commit_seconds=0)
+    monkeypatch.setattr(ResumableFeatureWriter, "after_commit", None)
 
 
 def test_progress_follows_the_images_not_the_split(params: Parameters, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,10 +178,7 @@ def test_progress_follows_the_images_not_the_split(params: Parameters, monkeypat
     (layout.images_dir / broken).write_bytes(b"broken")
     expected = _reference(params)
     order_before = [row.path for row in read_split_rows(layout)]
-    _interrupt_after(6, monkeypatch)  # 4 batches in (the interruption commits them again)
-    with pytest.raises(_Interrupted):
-        featurize_dataset(params, progress=False, commit_seconds=0)
-    monkeypatch.setattr(ResumableFeatureWriter, "after_commit", None)
+    _interrupted_run(params, 6, monkeypatch)  # 4 batches in (the interruption commits them again)
     report = featurize_dataset(params, progress=False)
     assert report.n_resumed == len(set(order_before[:4 * BATCH]) - {broken}) and report.n_reused == 0
     assert [p for p, _ in report.failures] == [broken]  # tried again, not taken over as a NaN row
@@ -187,10 +188,7 @@ def test_progress_follows_the_images_not_the_split(params: Parameters, monkeypat
     # interrupted again, then the split changes and an image changes: rows are found by path, in their new places
     for path in (layout.features_npy, layout.features_cache_json):
         path.unlink()
-    _interrupt_after(5, monkeypatch)
-    with pytest.raises(_Interrupted):
-        featurize_dataset(params, progress=False, commit_seconds=0)
-    monkeypatch.setattr(ResumableFeatureWriter, "after_commit", None)
+    _interrupted_run(params, 5, monkeypatch)
     make_photo(layout.images_dir / "a" / "0.jpg", (40, 30), seed=998)  # a new image: every row moves
     make_photo(layout.images_dir / changed, (40, 30), seed=999)
     prepare_data(params.replace(randomSeed=5))
@@ -206,10 +204,7 @@ def test_progress_follows_the_images_not_the_split(params: Parameters, monkeypat
     # another featurizer: the interrupted run's rows are not used
     for path in (layout.features_npy, layout.features_cache_json):
         path.unlink()
-    _interrupt_after(5, monkeypatch)
-    with pytest.raises(_Interrupted):
-        featurize_dataset(params, progress=False, commit_seconds=0)
-    monkeypatch.setattr(ResumableFeatureWriter, "after_commit", None)
+    _interrupted_run(params, 5, monkeypatch)
     torch.manual_seed(1)
     build_featurizer(params, pretrained=False, progress=False)
     report = featurize_dataset(params, progress=False)

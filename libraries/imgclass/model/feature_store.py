@@ -97,10 +97,6 @@ class ReusableFeatures:
         keep = ~np.asarray(done, dtype=bool)[self.new_rows]
         return ReusableFeatures(self.features_npy, self.new_rows[keep], self.old_rows[keep])
 
-    def missing(self, n_rows: int) -> np.ndarray:
-        """The rows (of ``n_rows``) that must be featurized, in order."""
-        return np.setdiff1d(np.arange(n_rows, dtype=np.int64), self.new_rows)
-
     def copy_into(self, write: Callable[[np.ndarray, np.ndarray], None]) -> None:
         """Copy the reusable rows from the old ``features.npy`` with ``write(new_rows, features)``, in chunks.
 
@@ -149,22 +145,38 @@ def find_reusable_features(index_path: Path, features_npy: Path, paths: Sequence
     stored_recipe, entries, npy_stamp = index
     if stored_recipe != dict(recipe) or file_stamp(features_npy) != npy_stamp:
         return ReusableFeatures.none()
+    shape = _npy_shape(features_npy)
+    if shape is None or len(shape) != 2 or shape[1] != feature_dim:
+        return ReusableFeatures.none()
+    stored = {path: (row, (size, mtime)) for path, (size, mtime, row) in entries.items() if row < shape[0]}
+    return _matching_rows(Path(features_npy), stored, paths, stamps)
+
+
+def _npy_shape(npy: Path) -> tuple[int, ...] | None:
+    """The shape of the array in ``npy``, or None if it cannot be read (the file is then not reused)."""
     try:
-        old = np.load(features_npy, mmap_mode="r")
+        old = np.load(npy, mmap_mode="r")
         shape = old.shape
-        del old
+        del old  # released at once: the file may be replaced afterwards (also on Windows)
     except (OSError, ValueError):
-        return ReusableFeatures.none()
-    if len(shape) != 2 or shape[1] != feature_dim:
-        return ReusableFeatures.none()
+        return None
+    return tuple(shape)
+
+
+def _matching_rows(npy: Path, stored: Mapping[str, tuple[int, Stamp | None]], paths: Sequence[str],
+                   stamps: Sequence[Stamp | None]) -> ReusableFeatures:
+    """The rows of ``paths`` whose image is unchanged since its row in ``npy`` was computed.
+
+    ``stored`` maps an image's path to its row in ``npy`` and the stamp the
+    image had then; an image whose path and current stamp both match is reusable.
+    """
     new_rows, old_rows = [], []
     for i, (path, stamp) in enumerate(zip(paths, stamps)):
-        entry = entries.get(path)
-        if entry is not None and stamp is not None and (entry[0], entry[1]) == stamp and entry[2] < shape[0]:
+        entry = stored.get(path)
+        if entry is not None and stamp is not None and entry[1] == tuple(stamp):
             new_rows.append(i)
-            old_rows.append(entry[2])
-    return ReusableFeatures(Path(features_npy), np.array(new_rows, dtype=np.int64),
-                            np.array(old_rows, dtype=np.int64))
+            old_rows.append(entry[0])
+    return ReusableFeatures(npy, np.array(new_rows, dtype=np.int64), np.array(old_rows, dtype=np.int64))
 
 
 def write_cache_index(index_path: Path, features_npy: Path, recipe: Mapping[str, str], paths: Iterable[str],
@@ -563,20 +575,8 @@ def _process_exists(pid: int) -> bool:
 def _finished_rows(npy: Path, manifest: Mapping[str, Any], done: np.ndarray, paths: Sequence[str],
                    stamps: Sequence[Stamp | None], dim: int) -> ReusableFeatures:
     """The finished rows of an interrupted run's ``npy`` that belong to unchanged images of ``paths``."""
-    try:
-        old = np.load(npy, mmap_mode="r")
-        shape = old.shape
-        del old
-    except (OSError, ValueError):
+    if _npy_shape(npy) != (len(done), dim):
         return ReusableFeatures.none()
-    if shape != (len(done), dim):
-        return ReusableFeatures.none()
-    old_row = {path: (row, tuple(stamp) if stamp is not None else None)
-               for row, (path, stamp) in enumerate(zip(manifest["paths"], manifest["stamps"])) if done[row]}
-    new_rows, old_rows = [], []
-    for i, (path, stamp) in enumerate(zip(paths, stamps)):
-        entry = old_row.get(path)
-        if entry is not None and stamp is not None and entry[1] == tuple(stamp):
-            new_rows.append(i)
-            old_rows.append(entry[0])
-    return ReusableFeatures(Path(npy), np.array(new_rows, dtype=np.int64), np.array(old_rows, dtype=np.int64))
+    stored = {path: (row, tuple(stamp) if stamp is not None else None)
+              for row, (path, stamp) in enumerate(zip(manifest["paths"], manifest["stamps"])) if done[row]}
+    return _matching_rows(Path(npy), stored, paths, stamps)
