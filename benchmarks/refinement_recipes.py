@@ -6,8 +6,8 @@ For each split seed and dataset, steps 1-5 run in a scratch root for:
 - ``dnn`` and ``svmDnnRefined`` with ``rf_recipe='lpft'`` (one refinement serves both);
 - ``dnn`` with ``rf_recipe='original'`` (the tutorial's recipe, with early stopping);
 
-each without and with ``run_tta='flip'``. The TTA variant of a refined mode
-runs the same refined network with ``tta='flip'`` set in its ``featurizer.pth``
+each with every ``run_tta`` mode of ``--tta`` (default none, flip, scales). The TTA variant of a refined mode
+runs the same refined network with its ``tta`` set in its ``featurizer.pth``
 (no second refinement; step 3 and, for the SVM modes, step 4 run again).
 Every row (test accuracy, class-averaged accuracy, wall and CPU seconds of
 steps 2-5, refinement epochs, seconds per epoch, early stop) is appended to a
@@ -73,8 +73,10 @@ def _set_featurizer(params: Any, **changes: Any) -> None:
 
 
 def run_one(base: Any, dataset: str, seed: int, root: Path, write: Callable[[dict[str, Any]], None],
-            recipes: tuple[str, ...] = ("lpft", "original"), svm_rows: list[dict[str, Any]] | None = None) -> None:
-    """Every setup on one split; ``svm_rows``: the SVM's rows of this split from an earlier run (not redone)."""
+            recipes: tuple[str, ...] = ("lpft", "original"), svm_rows: list[dict[str, Any]] | None = None,
+            tta_modes: tuple[str, ...] = ("none", "flip", "scales")) -> None:
+    """Every setup on one split, with each of ``tta_modes``; ``svm_rows``: the SVM's rows of this split from an
+    earlier run (not redone)."""
     from imgclass.pipeline import build_featurizer, prepare_data
 
     params = base.replace(rootDir=str(root), datasetName=dataset, randomSeed=seed)
@@ -102,17 +104,16 @@ def run_one(base: Any, dataset: str, seed: int, root: Path, write: Callable[[dic
     else:
         svm = params.replace(classifier="svm")
         _, wall2, cpu2 = _timed(lambda: build_featurizer(svm, progress=False, log=lambda m: None))
-        metrics, wall, cpu = _steps_3_to_5(svm)
-        row("svm", "svm", "none", metrics, wall2 + wall, cpu2 + cpu)
-        _set_featurizer(svm, tta="flip")
-        metrics, wall, cpu = _steps_3_to_5(svm)
-        row("svm", "svm", "flip", metrics, wall2 + wall, cpu2 + cpu)
+        for tta in tta_modes:
+            _set_featurizer(svm, tta=tta)
+            metrics, wall, cpu = _steps_3_to_5(svm)
+            row("svm", "svm", tta, metrics, wall2 + wall, cpu2 + cpu)
 
     for recipe in recipes:
         dnn = params.replace(classifier="dnn", rf_recipe=recipe)
         built, refine_wall, refine_cpu = _timed(lambda: build_featurizer(dnn, progress=False, log=lambda m: None))
         refined = built.featurizer
-        for tta in ("none", "flip"):
+        for tta in tta_modes:
             _set_featurizer(dnn, tta=tta)
             metrics, wall, cpu = _steps_3_to_5(dnn)
             row(f"dnn {recipe}", "dnn", tta, metrics, refine_wall + wall, refine_cpu + cpu, built.refinement,
@@ -183,6 +184,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--original-seeds", default="0,1,2,3,4",
                         help="seeds that also run the original recipe (the slowest setup)")
+    parser.add_argument("--tta", default="none,flip,scales", help="the run_tta modes each setup runs with")
     parser.add_argument("--summary", type=Path)
     parser.add_argument("--reuse", type=Path, help="a results file whose svm and original-recipe rows are copied "
                                                    "instead of run again (same split seeds and resolution)")
@@ -193,15 +195,17 @@ def main(argv: list[str]) -> None:
     base = prepare_run(args.root, args.datasets, overrides)
     write = results_writer(args.out)
     original_seeds = {int(s) for s in args.original_seeds.split(",") if s}
+    tta_modes = tuple(args.tta.split(","))
     old = [json.loads(line) for line in args.reuse.read_text().splitlines()] if args.reuse else []
     for seed in (int(s) for s in args.seeds.split(",")):
         for dataset in args.datasets.split(","):
             key = (dataset, seed, base.rf_inputResolution)
             same = [r for r in old if (r["dataset"], r["seed"], r["resolution"]) == key]
-            svm_rows = [r for r in same if r["setup"] == "svm"]
+            svm_rows = [r for r in same if r["setup"] == "svm" and r["tta"] in tta_modes]
             original = [r for r in same if r["setup"] == "dnn original"]
             recipes = ("lpft", "original") if seed in original_seeds and not original else ("lpft",)
-            run_one(base, dataset, seed, args.root, write, recipes, svm_rows if len(svm_rows) == 2 else None)
+            run_one(base, dataset, seed, args.root, write, recipes,
+                    svm_rows if len(svm_rows) == len(tta_modes) else None, tta_modes)
             for entry in original:
                 write(entry)
 

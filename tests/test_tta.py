@@ -14,7 +14,7 @@ from imgclass.model.dataset import ImageDataset
 from imgclass.model.featurizer import Featurizer
 from imgclass.model.inference import infer
 from imgclass.model.predictor import Predictor
-from imgclass.model.transforms import FlipAveraged, with_tta
+from imgclass.model.transforms import TTA_SCALES, FlipAveraged, ScaleAveraged, with_tta
 
 from conftest import natural_photo
 
@@ -73,6 +73,41 @@ def test_featurizers_saved_before_tta_load_without_it_and_keep_their_fingerprint
     old = Featurizer.load(tmp_path / "old.pth")
     assert old.tta == "none" and old.network is old.extractor
     assert old.fingerprint() == featurizer.fingerprint()  # features stored before TTA existed stay valid
+
+
+def test_scales_is_the_mean_over_the_image_as_it_is_and_enlarged(extractor: torch.nn.Module) -> None:
+    images = torch.randint(0, 255, (2, 3, RESOLUTION, RESOLUTION), dtype=torch.uint8)
+    network = with_tta(extractor, "scales")
+    assert isinstance(network, ScaleAveraged) and network.scales == TTA_SCALES and 1.0 in TTA_SCALES
+    with torch.no_grad():
+        views = [extractor(images if s == 1 else torch.nn.functional.interpolate(
+            images.float(), scale_factor=s, mode="bilinear", align_corners=False)) for s in TTA_SCALES]
+        averaged = network(images)
+    torch.testing.assert_close(averaged, torch.stack(views).mean(0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(averaged, views[0], atol=1e-3)  # the enlarged view changes the output
+    assert averaged.shape == (2, extractor.feature_dim)
+
+
+def test_flip_and_scales_together_give_an_image_and_its_mirror_the_same_output(extractor: torch.nn.Module,
+                                                                               tmp_path: Path) -> None:
+    head = torch.nn.Linear(extractor.feature_dim, 3)
+    featurizer = Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits", tta="flip+scales")
+    featurizer.save(tmp_path / "featurizer.pth")
+    loaded = Featurizer.load(tmp_path / "featurizer.pth")
+    assert loaded.tta == "flip+scales" and isinstance(loaded.network, FlipAveraged)
+    assert isinstance(loaded.network.network, ScaleAveraged)
+    assert loaded.fingerprint() not in {Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits",
+                                                   tta=mode).fingerprint() for mode in ("none", "flip", "scales")}
+    paths = _pair(tmp_path)
+    scores = _outputs(loaded, paths)
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-5)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    np.testing.assert_allclose(Predictor(loaded, None).predict(images).scores[0], scores[0], rtol=1e-4, atol=1e-5)
+
+
+def test_scale_factors_must_be_positive(extractor: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        ScaleAveraged(extractor, (1.0, 0.0))
 
 
 def test_an_unknown_tta_mode_is_refused(extractor: torch.nn.Module) -> None:

@@ -346,9 +346,12 @@ class Parameters:
                                                   "in the first half of rf_ftEpochs)",
                                        check=_non_negative)
     run_tta: str = _param(RECIPE, "none", "test-time augmentation, stored with the DNN by step 2 and applied "
-                                          "wherever it runs (step 3, serving, batch scoring, Spark): 'none', or "
+                                          "wherever it runs (step 3, serving, batch scoring, Spark): 'none'; "
                                           "'flip' (the mean of the features of the image and of its mirror; "
-                                          "twice the compute)", choices=("none", "flip"))
+                                          "twice the compute); 'scales' (the mean over the image as it is and "
+                                          "enlarged 1.5x; 3.25x the compute; pays most at low "
+                                          "rf_inputResolution); 'flip+scales' (all four; 6.5x)",
+                          choices=("none", "flip", "scales", "flip+scales"))
     auto_classifiers: list[str] = _param(RECIPE, ["svm", "dnn", "svmDnnRefined"],
                                          "classifier 'auto': the modes tried with each backbone",
                                          check=_auto_classifiers)

@@ -44,8 +44,9 @@ class Featurizer:
     keeps its new last layer in ``head`` with the class names in ``labels``;
     ``output`` says whether step 3 stores the penultimate ``'features'`` or
     the head's class scores (``'logits'``). ``tta`` is the test-time
-    augmentation every consumer of :attr:`network` gets (``'none'`` or
-    ``'flip'``, see :func:`imgclass.model.transforms.with_tta`); checkpoints
+    augmentation every consumer of :attr:`network` gets (``'none'``,
+    ``'flip'``, ``'scales'`` or ``'flip+scales'``, see
+    :func:`imgclass.model.transforms.with_tta`); checkpoints
     written before it existed load as ``'none'``. ``head_input='l2'``: the
     head reads the features scaled to unit length (LP-FT's head does; older
     files load as ``'raw'``).

@@ -15,7 +15,8 @@ flips, with optional colour jitter.
 
 Test-time augmentation (``run_tta``) is not a transform of the image but of
 the network: :func:`with_tta` wraps the network so that each image's output is
-the mean of the outputs of the image and of its mirror (:class:`FlipAveraged`).
+the mean of the outputs of the image and of its mirror (:class:`FlipAveraged`),
+of the image at its size and enlarged (:class:`ScaleAveraged`), or of all four.
 The featurizer stores the mode in ``featurizer.pth`` and applies it in
 :attr:`~imgclass.model.featurizer.Featurizer.network`, so step 3, refinement's
 validation, serving, batch scoring and Spark all get it without code of their
@@ -42,8 +43,11 @@ from torch import nn
 #: torchvision's ImageNet evaluation crops 224 px out of 256 px (ResNet IMAGENET1K_V1 weights).
 DEFAULT_CROP_FRACTION = 0.875
 RESIZE_MODES = ("pad", "crop")
-#: Test-time augmentation modes: ``none``, or ``flip`` (the mean over the image and its left-right mirror).
-TTA_MODES = ("none", "flip")
+#: Test-time augmentation modes: ``none``; ``flip`` (the mean over the image and its left-right mirror);
+#: ``scales`` (the mean over the image as it is and enlarged by :data:`TTA_SCALES`); ``flip+scales`` (all four).
+TTA_MODES = ("none", "flip", "scales", "flip+scales")
+#: The sizes ``scales`` shows the network, relative to the input resolution (BENCHMARKS.md, issue 15).
+TTA_SCALES = (1.0, 1.5)
 
 
 class BackbonePreprocessing(Protocol):
@@ -248,10 +252,46 @@ class FlipAveraged(nn.Module):
         return (plain + mirrored) / 2
 
 
+class ScaleAveraged(nn.Module):
+    """``network`` whose output for an image is the mean of its outputs for the image at each of ``scales``.
+
+    The input batch is enlarged (bilinear) inside the network, so every
+    caller of the network gets it without a transform of its own; the
+    backbones end in a global average pool, so any size in works. Why
+    enlarging pays: a network trained on random crops that fill its input
+    sees objects larger in training than in a whole-image evaluation input;
+    a larger test input makes up for it (Touvron et al., NeurIPS 2019,
+    "Fixing the train-test resolution discrepancy"), and more so the smaller
+    the resolution (BENCHMARKS.md). The mean of the penultimate features and
+    the mean of a linear head's scores choose the same class.
+    """
+
+    def __init__(self, network: nn.Module, scales: tuple[float, ...] = TTA_SCALES):
+        super().__init__()
+        if not scales or any(scale <= 0 for scale in scales):
+            raise ValueError(f"scales must be positive, got {scales!r}")
+        self.network = network
+        self.scales = tuple(float(scale) for scale in scales)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        total = None
+        for scale in self.scales:
+            # uint8 batches are enlarged as floats (bilinear needs them on every device); the network normalises
+            view = images if scale == 1 else nn.functional.interpolate(
+                images.float(), scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+            output = self.network(view)
+            total = output if total is None else total + output
+        return total / len(self.scales)
+
+
 def with_tta(network: nn.Module, tta: str) -> nn.Module:
     """``network`` with the test-time augmentation ``tta`` (one of :data:`TTA_MODES`) around it."""
     check_tta(tta)
-    return FlipAveraged(network) if tta == "flip" else network
+    if "scales" in tta.split("+"):
+        network = ScaleAveraged(network)
+    if "flip" in tta.split("+"):
+        network = FlipAveraged(network)
+    return network
 
 
 def check_tta(tta: str) -> str:

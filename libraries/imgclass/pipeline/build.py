@@ -72,7 +72,7 @@ class BuildReport:
             lines.append(f"Training curves: {self.layout.training_csv}, {self.layout.training_png}")
         info = self.featurizer.describe()
         output = "class scores" if info["output"] == "logits" else "features"
-        tta = ", flip TTA" if info["tta"] == "flip" else ""
+        tta = f", {info['tta']} TTA" if info["tta"] != "none" else ""
         lines.append(f"DNN: {info['backbone']} at {info['resolution']} px ({info['resize_mode']}{tta}), "
                      f"{info['output_dim']} {output} per image")
         lines.append(f"Weights: {info['source']}")
