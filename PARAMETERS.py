@@ -115,8 +115,9 @@ rf_warmupEpochs = 1.0
 # recipes; 'lpft' not in the first half of rf_ftEpochs)
 rf_earlyStopPatience = 5
 # test-time augmentation, stored with the DNN by step 2 and applied wherever it runs (step 3,
-# serving, batch scoring, Spark): 'none', or 'flip' (the mean of the features of the image and of
-# its mirror; twice the compute)
+# serving, batch scoring, Spark): 'none'; 'flip' (the mean of the features of the image and of its
+# mirror; twice the compute); 'scales' (the mean over the image as it is and enlarged 1.5x; 3.25x
+# the compute; pays most at low rf_inputResolution); 'flip+scales' (all four; 6.5x)
 run_tta = "none"
 # classifier 'auto': the modes tried with each backbone
 auto_classifiers = ["svm", "dnn", "svmDnnRefined"]
