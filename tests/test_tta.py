@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +10,21 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from imgclass.layout import DatasetLayout
 from imgclass.model.backbones import build_feature_extractor
 from imgclass.model.dataset import ImageDataset
 from imgclass.model.featurizer import Featurizer
 from imgclass.model.inference import infer
 from imgclass.model.predictor import Predictor
+from imgclass.model.refine import TrainingImages, fit_linear_probe
+from imgclass.model.runtime import Runtime
+from imgclass.model.svm import make_svm
+from imgclass.model.transforms import EvalTransform
+from imgclass.parameters import load_parameters
+from imgclass.pipeline import build_featurizer, evaluate, featurize_dataset, prepare_data
 from imgclass.model.transforms import TTA_SCALES, FlipAveraged, ScaleAveraged, with_tta
 
-from conftest import natural_photo
+from conftest import DEMO_IMAGES, natural_photo
 
 RESOLUTION = 32
 
@@ -127,3 +135,42 @@ def test_a_head_on_unit_length_features_round_trips(extractor: torch.nn.Module, 
         expected = head(torch.nn.functional.normalize(extractor(images), dim=1))
         torch.testing.assert_close(loaded.network(images), expected)
     assert loaded.head_input == "l2" and loaded.fingerprint() == featurizer.fingerprint()
+
+
+def test_the_probe_is_fit_on_the_features_its_tta_averages(extractor: torch.nn.Module, tmp_path: Path) -> None:
+    """LP-FT's head (the SVM copied into a linear layer) must score the features the network will produce."""
+    paths, targets = [], []
+    for target in range(2):
+        for i in range(6):
+            path = tmp_path / f"{target}_{i}.png"
+            natural_photo(10 * target + i, (48, 40)).save(path)
+            paths.append(path)
+            targets.append(target)
+    images = TrainingImages(tuple(paths), tuple(targets), ("a", "b"))
+    runtime = Runtime(torch.device("cpu"), torch.float32, 0)
+    probe = fit_linear_probe(extractor, images, EvalTransform(RESOLUTION), batch_size=4, runtime=runtime, seed=0,
+                             tta="scales")
+    features = _outputs(Featurizer(extractor, "pad", "x", tta="scales"), paths)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    svm = make_svm(probe.C, l2_normalize=False, random_state=0).fit(features, targets)[-1]
+    with torch.no_grad():
+        head = probe.head(torch.from_numpy(features)).numpy()
+    np.testing.assert_allclose(head[:, 1] - head[:, 0], svm.decision_function(features), rtol=1e-4, atol=1e-4)
+
+
+def test_steps_2_to_5_run_with_scales_tta(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path, "toy")
+    for label in ("birds", "fish"):
+        (layout.images_dir / label).mkdir(parents=True)
+        for source in sorted((DEMO_IMAGES / label).glob("*.jpg"))[:6]:
+            shutil.copy(source, layout.images_dir / label / source.name)
+    params = load_parameters(rootDir=str(tmp_path), datasetName="toy", classifier="dnn", run_tta="scales",
+                             rf_pretrainedModelFilename="resnet18", rf_inputResolution=32, rf_ftEpochs=1,
+                             rf_mbSize=4, run_workers=0)
+    prepare_data(params)
+    built = build_featurizer(params, pretrained=False, progress=False, log=lambda m: None)
+    assert built.featurizer.tta == "scales" and "scales TTA" in built.summary()
+    loaded = Featurizer.load(layout.featurizer_pth)
+    assert isinstance(loaded.network, ScaleAveraged)
+    assert featurize_dataset(params, progress=False).feature_dim == 2
+    assert 0 <= evaluate(params).metrics["overall_accuracy"] <= 1
