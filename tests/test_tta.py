@@ -57,15 +57,24 @@ def test_flip_gives_an_image_and_its_mirror_the_same_features(extractor: torch.n
     np.testing.assert_allclose(flipped[0], plain.mean(0), rtol=1e-5, atol=1e-6)  # the mean of both
 
 
+def _logits_featurizer(extractor: torch.nn.Module, tta: str = "none") -> Featurizer:
+    """A refined-style featurizer: ``extractor`` + a 3-class head, class scores out, with ``tta``."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(extractor.feature_dim, 3)
+    return Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits", tta=tta)
+
+
+def _round_trip(featurizer: Featurizer, folder: Path) -> Featurizer:
+    featurizer.save(folder / "featurizer.pth")
+    return Featurizer.load(folder / "featurizer.pth")
+
+
 def test_flip_tta_travels_in_featurizer_pth_and_reaches_the_predictor(extractor: torch.nn.Module,
                                                                        tmp_path: Path) -> None:
-    head = torch.nn.Linear(extractor.feature_dim, 3)
-    featurizer = Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits", tta="flip")
-    featurizer.save(tmp_path / "featurizer.pth")
-    loaded = Featurizer.load(tmp_path / "featurizer.pth")
+    featurizer = _logits_featurizer(extractor, "flip")
+    loaded = _round_trip(featurizer, tmp_path)
     assert loaded.tta == "flip" and isinstance(loaded.network, FlipAveraged)
-    assert loaded.fingerprint() == featurizer.fingerprint() != Featurizer(extractor, "pad", "refined", head,
-                                                                          ["a", "b", "c"], "logits").fingerprint()
+    assert loaded.fingerprint() == featurizer.fingerprint() != _logits_featurizer(extractor).fingerprint()
     images = [Image.open(p).convert("RGB") for p in _pair(tmp_path)]
     scores = Predictor(loaded, None).predict(images).scores  # what serving, batch scoring and Spark call
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
@@ -98,14 +107,11 @@ def test_scales_is_the_mean_over_the_image_as_it_is_and_enlarged(extractor: torc
 
 def test_flip_and_scales_together_give_an_image_and_its_mirror_the_same_output(extractor: torch.nn.Module,
                                                                                tmp_path: Path) -> None:
-    head = torch.nn.Linear(extractor.feature_dim, 3)
-    featurizer = Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits", tta="flip+scales")
-    featurizer.save(tmp_path / "featurizer.pth")
-    loaded = Featurizer.load(tmp_path / "featurizer.pth")
+    loaded = _round_trip(_logits_featurizer(extractor, "flip+scales"), tmp_path)
     assert loaded.tta == "flip+scales" and isinstance(loaded.network, FlipAveraged)
     assert isinstance(loaded.network.network, ScaleAveraged)
-    assert loaded.fingerprint() not in {Featurizer(extractor, "pad", "refined", head, ["a", "b", "c"], "logits",
-                                                   tta=mode).fingerprint() for mode in ("none", "flip", "scales")}
+    assert loaded.fingerprint() not in {_logits_featurizer(extractor, mode).fingerprint()
+                                        for mode in ("none", "flip", "scales")}
     paths = _pair(tmp_path)
     scores = _outputs(loaded, paths)
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-5)

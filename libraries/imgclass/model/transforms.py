@@ -286,10 +286,10 @@ class ScaleAveraged(nn.Module):
 
 def with_tta(network: nn.Module, tta: str) -> nn.Module:
     """``network`` with the test-time augmentation ``tta`` (one of :data:`TTA_MODES`) around it."""
-    check_tta(tta)
-    if "scales" in tta.split("+"):
+    views = check_tta(tta).split("+")
+    if "scales" in views:
         network = ScaleAveraged(network)
-    if "flip" in tta.split("+"):
+    if "flip" in views:
         network = FlipAveraged(network)
     return network
 
