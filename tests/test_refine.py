@@ -135,6 +135,30 @@ def test_lpft_stops_early_when_validation_does_not_improve_and_stays_stopped(tmp
     assert len(never.fine_tuning_epochs) == 2 and not never.stopped_early
 
 
+def test_lpft_chooses_the_epoch_by_validation_loss_the_original_by_error() -> None:
+    """LP-FT's validation error on a dozen images sits still while the loss moves (BENCHMARKS.md)."""
+    lpft, original = _config(rf_recipe="lpft"), _config(rf_recipe="original")
+    assert (lpft.best_by, original.best_by) == ("loss", "error")
+    probe = {"validation_error": 0.10, "validation_loss": 0.90}
+    surer = {"validation_error": 0.15, "validation_loss": 0.50}  # one image more wrong, the rest far surer
+    assert lpft.improves(surer, probe) and not original.improves(surer, probe)
+    assert original.improves(probe, surer) and not lpft.improves(probe, surer)
+    tie = {"validation_error": 0.05, "validation_loss": 0.90}  # equal loss: the error decides
+    assert lpft.improves(tie, probe) and not lpft.improves(probe, probe) and lpft.improves(probe, None)
+    assert lpft.resume_key()["best_by"] == "loss"  # a checkpoint that chose by error starts afresh
+    assert "best_by" not in original.resume_key()  # the original's old checkpoints still resume
+
+
+@pytest.mark.parametrize("recipe", ["lpft", "original"])
+def test_the_best_epoch_is_the_best_validation_result_of_the_run(tmp_path: Path, recipe: str) -> None:
+    config = _config(rf_recipe=recipe, rf_ftEpochs=4, rf_maxEpochs=4, rf_ftLearningRate=0.05,
+                     rf_validationFraction=0.25, rf_earlyStopPatience=0)
+    _, result = _run(tmp_path, config)
+    keys = ("validation_loss", "validation_error") if recipe == "lpft" else ("validation_error", "validation_loss")
+    best = min(result.history, key=lambda row: tuple(row[k] for k in keys))  # the first of equals
+    assert result.best_epoch == best["epoch"] and len(result.fine_tuning_epochs) == 4
+
+
 def test_lpft_schedule_warms_up_then_decays_to_zero() -> None:
     config = _config(rf_recipe="lpft", rf_ftEpochs=5, rf_ftLearningRate=0.1, rf_warmupEpochs=1.0)
     rates = [config.learning_rate(epoch / 4) for epoch in range(21)]

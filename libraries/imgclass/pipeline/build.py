@@ -67,8 +67,8 @@ class BuildReport:
             stop = ", stopped early" if result.stopped_early else ""
             trained = "Trained from scratch" if "trained from scratch" in self.featurizer.source else "Refined"
             lines.append(f"{trained} {len(result.fine_tuning_epochs)} epochs{stop}; best epoch {result.best_epoch}"
-                         f"{probe} (validation error {best['validation_error']:.3f}, "
-                         f"training error {best['train_error']:.3f})")
+                         f"{probe} (validation loss {best['validation_loss']:.3f}, "
+                         f"error {best['validation_error']:.3f}; training error {best['train_error']:.3f})")
             lines.append(f"Training curves: {self.layout.training_csv}, {self.layout.training_png}")
         info = self.featurizer.describe()
         output = "class scores" if info["output"] == "logits" else "features"
@@ -102,7 +102,8 @@ def refine_config(params: Parameters) -> "RefineConfig":
         aug_color_jitter=params.rf_augColorJitter, seed=params.randomSeed, resize_mode=params.rf_resizeMode,
         recipe=params.rf_recipe, peak_lr=params.rf_ftLearningRate, warmup_epochs=params.rf_warmupEpochs,
         early_stop_patience=params.rf_earlyStopPatience, tta=params.run_tta,
-        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0, normalize_features=lpft, optimizer=params.rf_optimizer)
+        max_grad_norm=LPFT_MAX_GRAD_NORM if lpft else 0.0, normalize_features=lpft, optimizer=params.rf_optimizer,
+        best_by="loss" if lpft else "error")
 
 
 def from_scratch(params: Parameters, log: Callable[[str], None] | None = None) -> Parameters:
