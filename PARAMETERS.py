@@ -111,8 +111,9 @@ rf_ftLearningRate = 0.002
 rf_ftBackboneLrFactor = 1.0
 # 'lpft': epochs of linear learning-rate warm-up
 rf_warmupEpochs = 1.0
-# stop refining after this many epochs without a better validation error or loss (0 = never; both
-# recipes; 'lpft' not in the first half of rf_ftEpochs)
+# stop refining after this many epochs without a better validation result ('lpft': loss, then
+# error; 'original': error, then loss; 0 = never; both recipes; 'lpft' not in the first half of
+# rf_ftEpochs)
 rf_earlyStopPatience = 5
 # test-time augmentation, stored with the DNN by step 2 and applied wherever it runs (step 3,
 # serving, batch scoring, Spark): 'none'; 'flip' (the mean of the features of the image and of its

@@ -342,8 +342,9 @@ class Parameters:
     rf_warmupEpochs: float = _param(RECIPE, 1.0, "'lpft': epochs of linear learning-rate warm-up",
                                     check=_non_negative)
     rf_earlyStopPatience: int = _param(RECIPE, 5, "stop refining after this many epochs without a better "
-                                                  "validation error or loss (0 = never; both recipes; 'lpft' not "
-                                                  "in the first half of rf_ftEpochs)",
+                                                  "validation result ('lpft': loss, then error; 'original': error, "
+                                                  "then loss; 0 = never; both recipes; 'lpft' not in the first "
+                                                  "half of rf_ftEpochs)",
                                        check=_non_negative)
     run_tta: str = _param(RECIPE, "none", "test-time augmentation, stored with the DNN by step 2 and applied "
                                           "wherever it runs (step 3, serving, batch scoring, Spark): 'none'; "

@@ -578,7 +578,7 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
         record(done, row)
         save(done)
         log(f"linear probe (epoch 0): C {probe.C:g}  train error {probe.train_error:.3f}  "
-            f"validation error {val_error:.3f}  ({probe.seconds:.1f} s)")
+            f"validation loss {val_loss:.3f} error {val_error:.3f}  ({probe.seconds:.1f} s)")
 
     patience = config.early_stop_patience if len(val_set) else 0
     for epoch in range(done.epoch, config.max_epochs):
@@ -608,7 +608,8 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
             done.epoch - done.best_epoch >= patience
         save(done)
         log(f"epoch {epoch + 1:3d}/{config.max_epochs}  lr {lr:.2g}  train loss {train_loss:.3f}  "
-            f"train error {train_error:.3f}  validation error {val_error:.3f}  ({row['seconds']:.1f} s)"
+            f"train error {train_error:.3f}  validation loss {val_loss:.3f} error {val_error:.3f}  "
+            f"({row['seconds']:.1f} s)"
             + ("  *" if improved else "")
             + (f"\nstopping early: no better validation result for {patience} epochs" if done.stopped_early else ""))
 
