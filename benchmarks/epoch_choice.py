@@ -26,7 +26,7 @@ that stops early has trained the same epochs up to its stop.
 
 from __future__ import annotations
 
-import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -40,15 +40,13 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refinement_recipes import prepare_run, results_writer  # noqa: E402  (a sibling script, not a package)
+from refinement_recipes import benchmark_parser, prepare_run, results_writer  # noqa: E402  (a sibling script, not a package)
 
 State = dict[str, torch.Tensor]
 
 
 def _test_accuracy(extractor: Any, state: State, images: Any, test: Any, params: Any, runtime: Any) -> float:
     """Step 2's ending for the backbone weights ``state``: the probe refit on all training images, then test."""
-    import copy
-
     from imgclass.model.dataset import ImageDataset
     from imgclass.model.refine import ClassifierNet, fit_linear_probe, validate
     from imgclass.model.transforms import EvalTransform, with_tta
@@ -112,27 +110,30 @@ def run_one(base: Any, dataset: str, seed: int, root: Path, write: Callable[[dic
     scored["swa"] = _average([states[e] for e in range(half, config.max_epochs + 1)])
     write({"dataset": dataset, "seed": seed, "resolution": params.rf_inputResolution, "tta": params.run_tta,
            "flip": params.rf_augHorizontalFlip, "refine_seconds": round(refine_seconds, 1),
-           "patience": params.rf_earlyStopPatience, "earliest_stop": config.earliest_stop(),
+           "patience": params.rf_earlyStopPatience,
            "history": [{k: row[k] for k in ("epoch", "validation_error", "validation_loss", "train_error")}
                        for row in result.history],
            "test": {name: _test_accuracy(extractor, state, images, test, params, runtime)
                     for name, state in scored.items()}})
 
 
-def choose(history: list[dict[str, float]], first: str, second: str, patience: int, earliest: int) -> int:
-    """The epoch ``refine`` keeps when ``first`` then ``second`` (validation keys) rank epochs, with its early stop."""
-    rows = {row["epoch"]: row for row in history}
-    last, best = max(rows), min(rows)
-    for epoch in sorted(rows):
-        if (rows[epoch][first], rows[epoch][second]) < (rows[best][first], rows[best][second]):
-            best = epoch
-        if patience and earliest <= epoch < last and epoch - best >= patience:
+def choose(history: list[dict[str, float]], config: Any) -> int:
+    """The epoch ``refine`` keeps with ``config`` (a ``RefineConfig``: its rule and its early stop)."""
+    rows = sorted(history, key=lambda row: row["epoch"])
+    best = rows[0]
+    for row in rows:
+        if config.improves(row, best):
+            best = row
+        if config.stops_after(row["epoch"], best["epoch"]):
             break
-    return best
+    return int(best["epoch"])
 
 
 def summarise(path: Path) -> str:
     """Mean test accuracy per dataset and resolution of the SVM (epoch 0, the probe) and of each rule."""
+    from imgclass.parameters import load_parameters
+    from imgclass.pipeline.build import refine_config
+
     runs: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for line in path.read_text().splitlines():
         entry = json.loads(line)
@@ -142,10 +143,11 @@ def summarise(path: Path) -> str:
         picks: dict[str, list[tuple[float, str]]] = defaultdict(list)
         for entry in sorted(entries, key=lambda e: e["seed"]):
             test, history = entry["test"], entry["history"]
-            stop = (entry["patience"], entry["earliest_stop"])
-            error = choose(history, "validation_error", "validation_loss", *stop)
-            loss = choose(history, "validation_loss", "validation_error", *stop)
             last = max(row["epoch"] for row in history)
+            config = refine_config(load_parameters(rf_recipe="lpft", rf_ftEpochs=last,
+                                                   rf_earlyStopPatience=entry["patience"]))
+            error = choose(history, dataclasses.replace(config, best_by="error"))
+            loss = choose(history, dataclasses.replace(config, best_by="loss"))
             picks["svm (epoch 0: the probe)"].append((test["e0"], "0"))
             picks["error (before round 6)"].append((test[f"e{error}"], str(error)))
             picks["loss (the default)"].append((test[f"e{loss}"], str(loss)))
@@ -161,13 +163,7 @@ def summarise(path: Path) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path)
-    parser.add_argument("--datasets", default="tuxpaintStamps")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--summary", type=Path)
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = benchmark_parser(__doc__).parse_known_args(argv)
     if args.summary:
         print(summarise(args.summary))
         return

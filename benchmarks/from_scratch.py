@@ -27,7 +27,6 @@ Datasets as in ``benchmarks/refinement_recipes.py`` (the demo images are linked 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -35,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from refinement_recipes import PROJECT, _timed, prepare_run, results_writer
+from refinement_recipes import PROJECT, _timed, benchmark_parser, prepare_run, results_writer
 
 SETUPS = ("smallcnn scratch", "backbone scratch", "svm", "dnn")
 
@@ -139,19 +138,14 @@ def plot_curves(path: Path, png: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path)
-    parser.add_argument("--datasets", default="tuxpaintStamps,digits")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser = benchmark_parser(__doc__, datasets="tuxpaintStamps,digits")
     parser.add_argument("--setups", default=",".join(SETUPS))
-    parser.add_argument("--out", type=Path)
     parser.add_argument("--scratch-optimizer", default="adam")
     parser.add_argument("--scratch-lr", type=float, default=0.001)
     parser.add_argument("--scratch-epochs", type=int, default=30)
     parser.add_argument("--scratch-patience", type=int, default=0,
                         help="0: every from-scratch run trains all its epochs (the best one is still chosen on the "
                              "validation part); early stopping on a few validation images ended runs on a plateau")
-    parser.add_argument("--summary", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--png", type=Path, default=PROJECT / "docs" / "images" / "from_scratch_curves.png")
     args, overrides = parser.parse_known_args(argv)

@@ -176,16 +176,23 @@ def results_writer(out: Path, hidden: tuple[str, ...] = ()) -> Callable[[dict[st
     return write
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def benchmark_parser(doc: str, datasets: str = "tuxpaintStamps") -> argparse.ArgumentParser:
+    """The options every refinement benchmark takes: --root, --datasets, --seeds, --out and --summary;
+    the unknown options that follow are parameter overrides (``--key=value``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--root", type=Path)
-    parser.add_argument("--datasets", default="tuxpaintStamps")
+    parser.add_argument("--datasets", default=datasets)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--summary", type=Path, help="print the table of a results file and stop")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--original-seeds", default="0,1,2,3,4",
                         help="seeds that also run the original recipe (the slowest setup)")
     parser.add_argument("--tta", default="none,flip,scales", help="the run_tta modes each setup runs with")
-    parser.add_argument("--summary", type=Path)
     parser.add_argument("--reuse", type=Path, help="a results file whose svm and original-recipe rows are copied "
                                                    "instead of run again (same split seeds and resolution)")
     args, overrides = parser.parse_known_args(argv)

@@ -173,6 +173,15 @@ class RefineConfig:
         """
         return math.ceil(self.max_epochs / 2) if self.recipe == "lpft" else 0
 
+    def stops_after(self, epochs_done: int, best_epoch: int) -> bool:
+        """Whether early stopping ends the run after ``epochs_done`` epochs whose best so far is ``best_epoch``.
+
+        Never with ``early_stop_patience`` 0, before :meth:`earliest_stop` or
+        after the last epoch (the run ends there anyway).
+        """
+        return bool(self.early_stop_patience) and self.earliest_stop() <= epochs_done < self.max_epochs and \
+            epochs_done - best_epoch >= self.early_stop_patience
+
     def resume_key(self) -> dict[str, Any]:
         """What must be unchanged to continue a run.
 
@@ -580,7 +589,6 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
         log(f"linear probe (epoch 0): C {probe.C:g}  train error {probe.train_error:.3f}  "
             f"validation loss {val_loss:.3f} error {val_error:.3f}  ({probe.seconds:.1f} s)")
 
-    patience = config.early_stop_patience if len(val_set) else 0
     for epoch in range(done.epoch, config.max_epochs):
         if done.stopped_early:
             break
@@ -604,14 +612,14 @@ def refine(extractor: FeatureExtractor, images: TrainingImages, config: RefineCo
                "validation_loss": val_loss, "validation_error": val_error, "seconds": time.perf_counter() - started}
         improved = record(done, row)
         done.epoch = epoch + 1
-        done.stopped_early = bool(patience) and config.earliest_stop() <= done.epoch < config.max_epochs and \
-            done.epoch - done.best_epoch >= patience
+        done.stopped_early = bool(len(val_set)) and config.stops_after(done.epoch, done.best_epoch)
         save(done)
         log(f"epoch {epoch + 1:3d}/{config.max_epochs}  lr {lr:.2g}  train loss {train_loss:.3f}  "
             f"train error {train_error:.3f}  validation loss {val_loss:.3f} error {val_error:.3f}  "
             f"({row['seconds']:.1f} s)"
             + ("  *" if improved else "")
-            + (f"\nstopping early: no better validation result for {patience} epochs" if done.stopped_early else ""))
+            + (f"\nstopping early: no better validation result for {config.early_stop_patience} epochs"
+               if done.stopped_early else ""))
 
     if done.best_state is not None:
         model.load_state_dict(done.best_state)
